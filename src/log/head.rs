@@ -1,0 +1,75 @@
+//! Head discovery: where a partition's log ends, in O(log n) HEAD requests.
+//!
+//! Seqs are dense from 0, so the head is found by galloping (1, 2, 4, 8, …)
+//! to the first missing seq and bisecting back; the log is never listed.
+
+use object_store::ObjectStoreExt;
+
+use super::record::StreamPath;
+use super::retry::retry;
+use super::{Head, Log, LogError};
+
+impl Log {
+    async fn exists(
+        &self,
+        stream: &StreamPath,
+        partition: u32,
+        seq: u64,
+    ) -> Result<bool, LogError> {
+        let key = stream.record(partition, seq);
+        match retry(self.policy, "head_record", || self.store.inner.head(&key)).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(source) => Err(LogError::Unavailable {
+                op: "head_record",
+                source,
+            }),
+        }
+    }
+
+    /// Last seq that exists, or `None` for an empty partition.
+    pub(super) async fn last_seq(
+        &self,
+        stream: &StreamPath,
+        partition: u32,
+    ) -> Result<Option<u64>, LogError> {
+        if !self.exists(stream, partition, 0).await? {
+            return Ok(None);
+        }
+        let (mut present, mut missing) = (0u64, 1u64);
+        while self.exists(stream, partition, missing).await? {
+            present = missing;
+            missing = missing.saturating_mul(2);
+        }
+        while missing - present > 1 {
+            let mid = present + (missing - present) / 2;
+            if self.exists(stream, partition, mid).await? {
+                present = mid;
+            } else {
+                missing = mid;
+            }
+        }
+        Ok(Some(present))
+    }
+
+    pub(super) async fn discover(
+        &self,
+        stream: &StreamPath,
+        partition: u32,
+    ) -> Result<Head, LogError> {
+        let Some(last) = self.last_seq(stream, partition).await? else {
+            return Ok(Head::default());
+        };
+        let record =
+            self.record(stream, partition, last)
+                .await?
+                .ok_or_else(|| LogError::Corrupt {
+                    key: stream.record(partition, last).to_string(),
+                    reason: "found by HEAD but not by GET".into(),
+                })?;
+        Ok(Head {
+            next_seq: last + 1,
+            next_offset: record.next_offset(),
+        })
+    }
+}

@@ -1,0 +1,277 @@
+//! The log: segments and commit records in the bucket (DESIGN §2).
+//!
+//! Owns the commit protocol (segment PUT, then a create-only PUT of the next
+//! sequenced record, re-reading the winner on `AlreadyExists`), head discovery
+//! (galloping probe, never a full listing) and reads from an offset. The
+//! public surface is [`Log::append`], [`Log::head`] and [`Log::read`]; batching,
+//! HTTP and partition choice live elsewhere.
+
+mod head;
+pub mod partition;
+mod read;
+pub mod record;
+pub mod retry;
+pub mod segment;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
+
+use crate::store::Store;
+pub use read::ReadBatch;
+use record::{CommitRecord, StreamPath};
+use retry::{retry, RetryPolicy};
+use segment::Segment;
+
+/// Log failures the caller must turn into a response (never into a success).
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// The store kept failing until the deadline; nothing was committed by this call.
+    #[error("object store unavailable during {op}: {source}")]
+    Unavailable {
+        op: &'static str,
+        source: object_store::Error,
+    },
+    /// A commit record in the store is not what this version writes.
+    #[error("corrupt commit record {key}: {reason}")]
+    Corrupt { key: String, reason: String },
+    /// A committed record points at a segment that is gone or unreadable.
+    #[error("segment {key} of a committed record cannot be read: {reason}")]
+    BadSegment { key: String, reason: String },
+}
+
+/// Where an append landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    pub partition: u32,
+    pub seq: u64,
+    pub first_offset: u64,
+    pub count: u64,
+    /// Lost races to other writers before this commit won.
+    pub conflicts: u32,
+}
+
+/// What a writer knows of a partition's end.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Head {
+    /// Seq the next record will be created at.
+    pub next_seq: u64,
+    /// Offset the next record will start at.
+    pub next_offset: u64,
+}
+
+type HeadKey = (StreamPath, u32);
+
+/// One gateway's handle on the shared log.
+#[derive(Debug)]
+pub struct Log {
+    store: Store,
+    writer: String,
+    policy: RetryPolicy,
+    heads: Mutex<HashMap<HeadKey, Arc<tokio::sync::Mutex<Option<Head>>>>>,
+}
+
+impl Log {
+    pub fn new(store: Store, writer: impl Into<String>, policy: RetryPolicy) -> Self {
+        Log {
+            store,
+            writer: writer.into(),
+            policy,
+            heads: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn writer(&self) -> &str {
+        &self.writer
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn stream(&self, tenant: &str, stream: &str) -> StreamPath {
+        StreamPath::new(&self.store.root, tenant, stream)
+    }
+
+    fn head_slot(&self, key: HeadKey) -> Arc<tokio::sync::Mutex<Option<Head>>> {
+        let mut heads = self.heads.lock().unwrap_or_else(|p| p.into_inner());
+        heads.entry(key).or_default().clone()
+    }
+
+    /// Store `segment` and commit it as the next record of `partition`.
+    ///
+    /// Idempotent per segment: if an earlier attempt's record PUT landed but
+    /// reported an error, the retry finds its own record and returns it.
+    pub async fn append(
+        &self,
+        stream: &StreamPath,
+        partition: u32,
+        segment: &Segment,
+        segment_name: &str,
+    ) -> Result<Appended, LogError> {
+        let relative = format!(
+            "data/{}/{}-{segment_name}.ndjson.zst",
+            segment.min_received_at.hour_partition(),
+            self.writer
+        );
+        let key = stream.segment(&relative);
+        let payload = PutPayload::from_bytes(segment.data.clone());
+        retry(self.policy, "put_segment", || {
+            self.store.inner.put(&key, payload.clone())
+        })
+        .await
+        .map_err(|source| LogError::Unavailable {
+            op: "put_segment",
+            source,
+        })?;
+        self.commit(stream, partition, segment, relative).await
+    }
+
+    async fn commit(
+        &self,
+        stream: &StreamPath,
+        partition: u32,
+        segment: &Segment,
+        relative: String,
+    ) -> Result<Appended, LogError> {
+        let slot = self.head_slot((stream.clone(), partition));
+        let mut guard = slot.lock().await;
+        let mut head = match *guard {
+            Some(h) => h,
+            None => self.discover(stream, partition).await?,
+        };
+        let mut conflicts = 0;
+        loop {
+            let record = CommitRecord {
+                segment: relative.clone(),
+                first_offset: head.next_offset,
+                count: segment.count,
+                bytes: segment.raw_len,
+                stored_bytes: segment.data.len() as u64,
+                min_received_at: segment.min_received_at.as_str().to_string(),
+                max_received_at: segment.max_received_at.as_str().to_string(),
+                writer: self.writer.clone(),
+            };
+            match self
+                .create_record(stream, partition, head.next_seq, &record)
+                .await
+            {
+                Ok(()) => {
+                    let appended = self.appended(partition, head.next_seq, &record, conflicts);
+                    *guard = Some(advance(head, &record));
+                    return Ok(appended);
+                }
+                Err(object_store::Error::AlreadyExists { .. }) => {
+                    let winner = self.record(stream, partition, head.next_seq).await?;
+                    let winner = winner.ok_or_else(|| LogError::Corrupt {
+                        key: stream.record(partition, head.next_seq).to_string(),
+                        reason: "reported as existing but not found".into(),
+                    })?;
+                    if winner.segment == relative {
+                        // Our own earlier attempt landed: the commit is done.
+                        let appended = self.appended(partition, head.next_seq, &winner, conflicts);
+                        *guard = Some(advance(head, &winner));
+                        return Ok(appended);
+                    }
+                    conflicts += 1;
+                    metrics::counter!("sluice_commit_conflicts_total").increment(1);
+                    head = advance(head, &winner);
+                    *guard = Some(head);
+                }
+                Err(source) => {
+                    // The head stays where it was: a retry re-creates at the same seq.
+                    return Err(LogError::Unavailable {
+                        op: "put_record",
+                        source,
+                    });
+                }
+            }
+        }
+    }
+
+    fn appended(&self, partition: u32, seq: u64, r: &CommitRecord, conflicts: u32) -> Appended {
+        Appended {
+            partition,
+            seq,
+            first_offset: r.first_offset,
+            count: r.count,
+            conflicts,
+        }
+    }
+
+    async fn create_record(
+        &self,
+        stream: &StreamPath,
+        partition: u32,
+        seq: u64,
+        record: &CommitRecord,
+    ) -> Result<(), object_store::Error> {
+        let key = stream.record(partition, seq);
+        let body = serde_json::to_vec(record).map_err(|e| object_store::Error::Generic {
+            store: "sluice",
+            source: Box::new(e),
+        })?;
+        let payload = PutPayload::from(body);
+        retry(self.policy, "put_record", || {
+            let opts = PutOptions {
+                mode: PutMode::Create,
+                ..Default::default()
+            };
+            self.store.inner.put_opts(&key, payload.clone(), opts)
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// The record at `seq`, or `None` when it does not exist (yet).
+    pub async fn record(
+        &self,
+        stream: &StreamPath,
+        partition: u32,
+        seq: u64,
+    ) -> Result<Option<CommitRecord>, LogError> {
+        let key = stream.record(partition, seq);
+        let got = retry(self.policy, "get_record", || async {
+            self.store.inner.get(&key).await?.bytes().await
+        })
+        .await;
+        let body = match got {
+            Ok(b) => b,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(source) => {
+                return Err(LogError::Unavailable {
+                    op: "get_record",
+                    source,
+                })
+            }
+        };
+        serde_json::from_slice(&body)
+            .map(Some)
+            .map_err(|e| LogError::Corrupt {
+                key: key.to_string(),
+                reason: e.to_string(),
+            })
+    }
+
+    /// The partition's current head, found in O(log n) requests and then cached.
+    pub async fn head(&self, stream: &StreamPath, partition: u32) -> Result<Head, LogError> {
+        let slot = self.head_slot((stream.clone(), partition));
+        let mut guard = slot.lock().await;
+        let head = self.discover(stream, partition).await?;
+        *guard = Some(head);
+        Ok(head)
+    }
+
+    /// Forget cached heads (a writer restarting against an existing log).
+    pub fn forget_heads(&self) {
+        self.heads.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+}
+
+fn advance(head: Head, record: &CommitRecord) -> Head {
+    Head {
+        next_seq: head.next_seq + 1,
+        next_offset: record.next_offset(),
+    }
+}

@@ -1,0 +1,129 @@
+//! Reads: envelopes from (partition, offset) on, across segment boundaries.
+//!
+//! Only committed records are followed, so a segment without a record is never
+//! returned. The record holding an offset is found by bisecting the dense seqs.
+
+use bytes::Bytes;
+use object_store::ObjectStoreExt;
+
+use super::record::{CommitRecord, StreamPath};
+use super::retry::retry;
+use super::segment;
+use super::{Log, LogError};
+
+/// Envelope lines read from one partition.
+#[derive(Debug, Clone, Default)]
+pub struct ReadBatch {
+    /// Offset of `events[0]` (equal to `next_offset` when empty).
+    pub first_offset: u64,
+    /// Offset to read from next time.
+    pub next_offset: u64,
+    /// Envelope lines, without their newline.
+    pub events: Vec<Bytes>,
+}
+
+impl Log {
+    /// The seq and record that hold `offset`, or `None` when the offset is at
+    /// or past the head.
+    pub async fn locate(
+        &self,
+        stream: &StreamPath,
+        partition: u32,
+        offset: u64,
+    ) -> Result<Option<(u64, CommitRecord)>, LogError> {
+        let Some(last) = self.last_seq(stream, partition).await? else {
+            return Ok(None);
+        };
+        let (mut lo, mut hi) = (0u64, last);
+        while lo <= hi {
+            let mid = lo + (hi - lo) / 2;
+            let rec = self.required_record(stream, partition, mid).await?;
+            if rec.contains(offset) {
+                return Ok(Some((mid, rec)));
+            }
+            if offset < rec.first_offset {
+                let Some(h) = mid.checked_sub(1) else { break };
+                hi = h;
+            } else {
+                lo = mid + 1;
+            }
+        }
+        Ok(None)
+    }
+
+    async fn required_record(
+        &self,
+        stream: &StreamPath,
+        partition: u32,
+        seq: u64,
+    ) -> Result<CommitRecord, LogError> {
+        self.record(stream, partition, seq)
+            .await?
+            .ok_or_else(|| LogError::Corrupt {
+                key: stream.record(partition, seq).to_string(),
+                reason: "a seq below the head is missing".into(),
+            })
+    }
+
+    /// Up to `max_events` envelopes at and after `offset`, in offset order.
+    pub async fn read(
+        &self,
+        stream: &StreamPath,
+        partition: u32,
+        offset: u64,
+        max_events: usize,
+    ) -> Result<ReadBatch, LogError> {
+        let mut batch = ReadBatch {
+            first_offset: offset,
+            next_offset: offset,
+            events: Vec::new(),
+        };
+        let Some((mut seq, mut record)) = self.locate(stream, partition, offset).await? else {
+            return Ok(batch);
+        };
+        loop {
+            let raw = self.segment_bytes(stream, &record).await?;
+            let skip = (batch.next_offset - record.first_offset) as usize;
+            let room = max_events - batch.events.len();
+            batch
+                .events
+                .extend(segment::lines(&raw).skip(skip).take(room));
+            batch.next_offset = batch.first_offset + batch.events.len() as u64;
+            if batch.events.len() >= max_events {
+                return Ok(batch);
+            }
+            seq += 1;
+            match self.record(stream, partition, seq).await? {
+                Some(next) => record = next,
+                None => return Ok(batch),
+            }
+        }
+    }
+
+    /// A committed segment's uncompressed bytes.
+    pub async fn segment_bytes(
+        &self,
+        stream: &StreamPath,
+        record: &CommitRecord,
+    ) -> Result<Bytes, LogError> {
+        let key = stream.segment(&record.segment);
+        let data = retry(self.policy, "get_segment", || async {
+            self.store.inner.get(&key).await?.bytes().await
+        })
+        .await
+        .map_err(|e| match e {
+            object_store::Error::NotFound { .. } => LogError::BadSegment {
+                key: key.to_string(),
+                reason: "missing".into(),
+            },
+            source => LogError::Unavailable {
+                op: "get_segment",
+                source,
+            },
+        })?;
+        segment::decompress(&data, record.bytes).map_err(|e| LogError::BadSegment {
+            key: key.to_string(),
+            reason: e.to_string(),
+        })
+    }
+}

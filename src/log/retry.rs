@@ -1,0 +1,72 @@
+//! Backoff for store calls: retry transient failures until a deadline.
+//!
+//! Owns the retry loop only. `NotFound` and `AlreadyExists` are answers, not
+//! failures, so they return at once; everything else is retried with
+//! exponential backoff and surfaces as the last error once the deadline passes.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// How long and how often a store call is retried.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    /// First backoff; doubles after each failure.
+    pub initial: Duration,
+    /// Largest single backoff.
+    pub max: Duration,
+    /// Total time one operation may take before its error is returned.
+    pub deadline: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            initial: Duration::from_millis(20),
+            max: Duration::from_secs(1),
+            deadline: Duration::from_secs(10),
+        }
+    }
+}
+
+fn is_answer(e: &object_store::Error) -> bool {
+    matches!(
+        e,
+        object_store::Error::NotFound { .. } | object_store::Error::AlreadyExists { .. }
+    )
+}
+
+/// Run `op` until it succeeds, answers, or the deadline passes.
+pub async fn retry<T, F, Fut>(
+    policy: RetryPolicy,
+    op_name: &'static str,
+    mut op: F,
+) -> Result<T, object_store::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, object_store::Error>>,
+{
+    let deadline = Instant::now() + policy.deadline;
+    let mut backoff = policy.initial;
+    loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let attempt = tokio::time::timeout(remaining.max(Duration::from_millis(1)), op()).await;
+        let err = match attempt {
+            Ok(Ok(v)) => return Ok(v),
+            Ok(Err(e)) if is_answer(&e) => return Err(e),
+            Ok(Err(e)) => e,
+            Err(_) => object_store::Error::Generic {
+                store: "sluice",
+                source: format!("{op_name} timed out").into(),
+            },
+        };
+        metrics::counter!("sluice_store_errors_total", "op" => op_name).increment(1);
+        tracing::warn!(op = op_name, error = %err, "store call failed");
+        if Instant::now() + backoff >= deadline {
+            return Err(err);
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(policy.max);
+    }
+}
