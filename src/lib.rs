@@ -1,9 +1,25 @@
 //! sluice: a stateless edge ingestion gateway.
 //!
 //! The modules follow the data path:
-//! - [`store`]: opens the object store a URL names (file, memory, S3).
+//! - [`server`]: accept loop, connection limits, routing, graceful drain.
+//! - [`ingest`]: the `POST …/events` flow and its responses.
+//! - [`decode`]: bodies → event byte ranges (object, array, NDJSON; gzip, zstd).
+//! - [`batch`]: per-stream buffers, flush triggers, the memory budget.
 //! - [`log`]: segments and commit records in the bucket; append, heads, reads.
+//! - [`store`]: opens the object store a URL names (file, memory, S3).
+//!
+//! Beside the path: [`config`] (settings), [`error`] (problem+json),
+//! [`metrics`] (the Prometheus recorder), [`names`] (safe key names),
+//! [`faults`] (a fault-injecting store for tests).
 
+pub mod batch;
+pub mod config;
+pub mod decode;
+pub mod error;
 pub mod faults;
+pub mod ingest;
 pub mod log;
+pub mod metrics;
+pub mod names;
+pub mod server;
 pub mod store;

@@ -7,11 +7,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use object_store::aws::AmazonS3Builder;
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::path::Path;
-use object_store::{ClientOptions, ObjectStore, ObjectStoreExt, RetryConfig};
+use object_store::{ClientConfigKey, ObjectStore, RetryConfig};
 
 /// Why a store could not be opened. Each variant names what the operator must fix.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +30,8 @@ pub enum StoreError {
         url: String,
         source: object_store::Error,
     },
+    #[error("store {url:?}: the bucket does not exist (create it first)")]
+    NoBucket { url: String },
     #[error("store {url:?} is unreachable: {source} (check the bucket exists, the AWS_* credentials and AWS_ENDPOINT_URL)")]
     Unreachable {
         url: String,
@@ -87,11 +89,17 @@ impl Store {
         }
     }
 
-    /// Prove the store answers: one HEAD of a key that need not exist.
+    /// Prove the store answers: one listing of the root, one level deep.
+    /// A missing S3 bucket answers "not found" here, so that is an error too.
     pub async fn check(&self, url: &str) -> Result<(), StoreError> {
-        let probe = self.root.clone().join("_sluice_probe");
-        match self.inner.head(&probe).await {
-            Ok(_) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+        let root = (!self.root.as_ref().is_empty()).then_some(&self.root);
+        match self.inner.list_with_delimiter(root).await {
+            Ok(_) => Ok(()),
+            Err(object_store::Error::NotFound { .. }) if self.kind == StoreKind::S3 => {
+                Err(StoreError::NoBucket {
+                    url: url.to_string(),
+                })
+            }
             Err(source) => Err(StoreError::Unreachable {
                 url: url.to_string(),
                 source,
@@ -133,13 +141,16 @@ fn open_s3(url: &str, parsed: &url::Url) -> Result<Store, StoreError> {
         retry_timeout: Duration::from_secs(5),
         ..Default::default()
     };
-    let options = ClientOptions::new()
-        .with_timeout(Duration::from_secs(10))
-        .with_connect_timeout(Duration::from_secs(3));
+    // Set through config keys: `with_client_options` would drop the
+    // AWS_ALLOW_HTTP (and proxy) settings `from_env` read.
     let s3 = AmazonS3Builder::from_env()
         .with_bucket_name(bucket)
         .with_retry(retry)
-        .with_client_options(options)
+        .with_config(AmazonS3ConfigKey::Client(ClientConfigKey::Timeout), "10s")
+        .with_config(
+            AmazonS3ConfigKey::Client(ClientConfigKey::ConnectTimeout),
+            "3s",
+        )
         .build()
         .map_err(|source| StoreError::Configure {
             url: url.to_string(),

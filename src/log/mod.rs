@@ -175,7 +175,6 @@ impl Log {
                         return Ok(appended);
                     }
                     conflicts += 1;
-                    metrics::counter!("sluice_commit_conflicts_total").increment(1);
                     head = advance(head, &winner);
                     *guard = Some(head);
                 }

@@ -13,6 +13,8 @@ use object_store::memory::InMemory;
 use object_store::ObjectStore;
 use sluice::store::{Store, StoreKind};
 
+pub mod gateway;
+
 /// A moto S3 server for this test binary; it stops when the binary exits
 /// (its wrapper shell waits on our stdin pipe, then kills moto).
 pub struct Moto {
@@ -35,7 +37,7 @@ pub fn moto() -> &'static Moto {
         let port = free_port();
         let mut child = Command::new("sh")
             .arg("-c")
-            .arg("moto_server -H 127.0.0.1 -p \"$0\" >/dev/null 2>&1 & m=$!; cat >/dev/null; kill $m")
+            .arg("moto_server -H 127.0.0.1 -p \"$0\" >/dev/null 2>&1 & m=$!; cat >/dev/null; kill $m; wait $m")
             .arg(port.to_string())
             .stdin(Stdio::piped())
             .spawn()

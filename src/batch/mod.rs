@@ -1,0 +1,189 @@
+//! Batching: per-stream buffers, flush triggers and the memory budget.
+//!
+//! Owns the path from validated events to committed offsets. A request's
+//! events are submitted together and land contiguous in one segment; a
+//! durable submitter gets its partition and first offset once the segment is
+//! committed. This module must not parse HTTP or events.
+
+mod budget;
+mod stream;
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::config::{BatchConfig, StreamsConfig};
+use crate::log::partition::PartitionChooser;
+use crate::log::segment::ReceivedAt;
+use crate::log::Log;
+pub use budget::Budget;
+
+/// Submissions queued per stream before submitters wait.
+const STREAM_QUEUE: usize = 1024;
+
+/// Where a durable submission's events were committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ack {
+    pub partition: u32,
+    pub first_offset: u64,
+}
+
+/// Why a durable submission got no ack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum CommitFailed {
+    #[error("the segment could not be built")]
+    Internal,
+}
+
+/// Why a submission was not taken.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SubmitError {
+    #[error("memory budget of {limit} buffered bytes is full")]
+    Overloaded { limit: usize },
+    #[error("this gateway already serves {limit} streams (streams.max_streams)")]
+    TooManyStreams { limit: usize },
+    #[error("the gateway is shutting down")]
+    Draining,
+}
+
+/// One request's accepted events.
+pub struct Submission {
+    events: Vec<Bytes>,
+    at: ReceivedAt,
+    reserved: usize,
+    received: Instant,
+    ack: Option<oneshot::Sender<Result<Ack, CommitFailed>>>,
+}
+
+/// A pending durable ack.
+pub type AckReceiver = oneshot::Receiver<Result<Ack, CommitFailed>>;
+
+/// All streams' buffers of one gateway.
+pub struct Batcher {
+    log: Arc<Log>,
+    tenant: String,
+    config: BatchConfig,
+    streams_config: StreamsConfig,
+    budget: Arc<Budget>,
+    streams: RwLock<Option<HashMap<String, mpsc::Sender<Submission>>>>,
+    tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// Bytes a submission holds in memory: event bytes plus envelope overhead.
+fn footprint(events: &[Bytes]) -> usize {
+    events.iter().map(|e| e.len() + 48).sum()
+}
+
+impl Batcher {
+    pub fn new(log: Arc<Log>, tenant: &str, config: BatchConfig, streams: StreamsConfig) -> Self {
+        Batcher {
+            log,
+            tenant: tenant.to_string(),
+            budget: Arc::new(Budget::new(config.memory_budget_bytes)),
+            config,
+            streams_config: streams,
+            streams: RwLock::new(Some(HashMap::new())),
+            tasks: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn budget(&self) -> &Budget {
+        &self.budget
+    }
+
+    /// Queue a request's events for `stream`. With `durable`, the returned
+    /// receiver yields their offsets once committed.
+    pub async fn submit(
+        &self,
+        stream: &str,
+        events: Vec<Bytes>,
+        at: ReceivedAt,
+        durable: bool,
+    ) -> Result<Option<AckReceiver>, SubmitError> {
+        let reserved = footprint(&events);
+        if !self.budget.try_reserve(reserved) {
+            return Err(SubmitError::Overloaded {
+                limit: self.budget.limit(),
+            });
+        }
+        let sender = match self.sender(stream) {
+            Ok(s) => s,
+            Err(e) => {
+                self.budget.release(reserved);
+                return Err(e);
+            }
+        };
+        let (ack, rx) = match durable {
+            true => {
+                let (tx, rx) = oneshot::channel();
+                (Some(tx), Some(rx))
+            }
+            false => (None, None),
+        };
+        let sub = Submission {
+            events,
+            at,
+            reserved,
+            received: Instant::now(),
+            ack,
+        };
+        if sender.send(sub).await.is_err() {
+            self.budget.release(reserved);
+            return Err(SubmitError::Draining);
+        }
+        Ok(rx)
+    }
+
+    fn sender(&self, stream: &str) -> Result<mpsc::Sender<Submission>, SubmitError> {
+        {
+            let streams = self.streams.read().unwrap_or_else(|p| p.into_inner());
+            let map = streams.as_ref().ok_or(SubmitError::Draining)?;
+            if let Some(s) = map.get(stream) {
+                return Ok(s.clone());
+            }
+        }
+        let mut streams = self.streams.write().unwrap_or_else(|p| p.into_inner());
+        let map = streams.as_mut().ok_or(SubmitError::Draining)?;
+        if let Some(s) = map.get(stream) {
+            return Ok(s.clone());
+        }
+        if map.len() >= self.streams_config.max_streams {
+            return Err(SubmitError::TooManyStreams {
+                limit: self.streams_config.max_streams,
+            });
+        }
+        let (tx, rx) = mpsc::channel(STREAM_QUEUE);
+        let task = stream::StreamTask {
+            name: stream.to_string(),
+            path: self.log.stream(&self.tenant, stream),
+            log: self.log.clone(),
+            config: self.config.clone(),
+            budget: self.budget.clone(),
+            chooser: PartitionChooser::new(self.log.writer(), self.streams_config.partitions),
+        };
+        let handle = tokio::spawn(task.run(rx));
+        self.tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(handle);
+        map.insert(stream.to_string(), tx.clone());
+        Ok(tx)
+    }
+
+    /// Stop taking submissions, flush and commit everything buffered, and
+    /// return once every stream's last segment is committed.
+    pub async fn shutdown(&self) {
+        self.streams
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+}

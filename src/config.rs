@@ -1,0 +1,315 @@
+//! Settings: one serde struct, every field a named limit with a safe default.
+//!
+//! Owns loading (TOML file, then `SLUICE_*` environment overrides) and
+//! validation. Nothing here runs; other modules read the values.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Why the configuration cannot be used. Each names the file or key to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("config key {key}: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+/// The whole configuration. Every field has a default: `sluice serve` runs with none.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address to listen on (`SLUICE_LISTEN`).
+    pub listen: String,
+    /// Store URL: `file://PATH`, `memory://`, `s3://BUCKET/PREFIX` (`SLUICE_STORE`).
+    pub store: String,
+    /// Tenant that owns every stream while auth is off.
+    pub tenant: String,
+    pub server: ServerConfig,
+    pub limits: Limits,
+    pub batch: BatchConfig,
+    pub streams: StreamsConfig,
+}
+
+/// Connection hygiene.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Most open client connections; more wait in the listen backlog.
+    pub max_connections: usize,
+    /// Time a client has to send a request's headers (slowloris guard).
+    pub header_read_timeout_ms: u64,
+    /// An idle keep-alive connection is closed after this long without a request.
+    pub idle_timeout_ms: u64,
+    /// Largest request head (start line and headers); larger gets 431.
+    pub max_header_bytes: usize,
+    /// On SIGTERM, how long in-flight requests and the final flush may take.
+    pub drain_timeout_ms: u64,
+}
+
+/// Per-request input limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest request body as sent (compressed or not); larger gets 413.
+    pub max_body_bytes: usize,
+    /// Largest body after gzip/zstd decoding; a decompression bomb stops here with 413.
+    pub max_decoded_bytes: usize,
+    /// Largest single event; larger events are rejected by index.
+    pub max_event_bytes: usize,
+    /// Most events in one request; more gets 413.
+    pub max_events_per_request: usize,
+    /// Deepest JSON nesting of an event (objects and arrays); deeper is rejected by index.
+    pub max_depth: usize,
+    /// Longest stream name; names use `[A-Za-z0-9._-]`.
+    pub max_stream_name_len: usize,
+}
+
+/// Batching, memory and durability.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchConfig {
+    /// Flush a stream's buffer at this many uncompressed bytes.
+    pub max_bytes: usize,
+    /// Flush at this many events.
+    pub max_events: usize,
+    /// Flush this long after the buffer's first event: the bound on a durable ack's wait.
+    pub max_age_ms: u64,
+    /// zstd level of segments (1 is fastest; higher is smaller and slower).
+    pub zstd_level: i32,
+    /// Bytes buffered across all streams before new writes get 503.
+    pub memory_budget_bytes: usize,
+    /// A durable request waiting longer than this for its commit gets 503.
+    pub ack_timeout_ms: u64,
+    /// One store operation is retried with backoff for at most this long.
+    pub store_retry_ms: u64,
+}
+
+/// Stream defaults.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamsConfig {
+    /// Partitions of each stream.
+    pub partitions: u32,
+    /// Most streams one gateway serves (bounds its buffers and label values).
+    pub max_streams: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:8080".into(),
+            store: "file://./sluice-data".into(),
+            tenant: "default".into(),
+            server: ServerConfig::default(),
+            limits: Limits::default(),
+            batch: BatchConfig::default(),
+            streams: StreamsConfig::default(),
+        }
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            max_connections: 10_000,
+            header_read_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
+            max_header_bytes: 16 * 1024,
+            drain_timeout_ms: 30_000,
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body_bytes: 4 * 1024 * 1024,
+            max_decoded_bytes: 16 * 1024 * 1024,
+            max_event_bytes: 1024 * 1024,
+            max_events_per_request: 10_000,
+            max_depth: 32,
+            max_stream_name_len: 64,
+        }
+    }
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig {
+            max_bytes: 8 * 1024 * 1024,
+            max_events: 100_000,
+            max_age_ms: 200,
+            zstd_level: 1,
+            memory_budget_bytes: 256 * 1024 * 1024,
+            ack_timeout_ms: 10_000,
+            store_retry_ms: 5_000,
+        }
+    }
+}
+
+impl Default for StreamsConfig {
+    fn default() -> Self {
+        StreamsConfig {
+            partitions: 4,
+            max_streams: 1_000,
+        }
+    }
+}
+
+fn ms(v: u64) -> Duration {
+    Duration::from_millis(v)
+}
+
+impl ServerConfig {
+    pub fn header_read_timeout(&self) -> Duration {
+        ms(self.header_read_timeout_ms)
+    }
+    pub fn idle_timeout(&self) -> Duration {
+        ms(self.idle_timeout_ms)
+    }
+    pub fn drain_timeout(&self) -> Duration {
+        ms(self.drain_timeout_ms)
+    }
+}
+
+impl BatchConfig {
+    pub fn max_age(&self) -> Duration {
+        ms(self.max_age_ms)
+    }
+    pub fn ack_timeout(&self) -> Duration {
+        ms(self.ack_timeout_ms)
+    }
+    pub fn store_retry(&self) -> Duration {
+        ms(self.store_retry_ms)
+    }
+}
+
+impl Config {
+    /// Load: the file if given (or `SLUICE_CONFIG`), then environment overrides.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let from_env = std::env::var("SLUICE_CONFIG").ok();
+        let file = file
+            .map(Path::to_path_buf)
+            .or_else(|| from_env.map(Into::into));
+        let mut config = match file {
+            Some(path) => Self::from_file(&path)?,
+            None => Config::default(),
+        };
+        config.apply_env(|k| std::env::var(k).ok());
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: shown,
+            message: e.to_string(),
+        })
+    }
+
+    /// `SLUICE_LISTEN` and `SLUICE_STORE` override the file.
+    pub fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) {
+        if let Some(v) = var("SLUICE_LISTEN") {
+            self.listen = v;
+        }
+        if let Some(v) = var("SLUICE_STORE") {
+            self.store = v;
+        }
+    }
+
+    /// Reject values that cannot work, naming the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let checks: [(&'static str, bool, &str); 9] = [
+            (
+                "listen",
+                self.listen.parse::<std::net::SocketAddr>().is_ok(),
+                "must be HOST:PORT with an IP address, e.g. 127.0.0.1:8080",
+            ),
+            (
+                "tenant",
+                crate::names::valid(&self.tenant, 64),
+                "must be 1-64 characters of [A-Za-z0-9._-]",
+            ),
+            (
+                "server.max_connections",
+                self.server.max_connections > 0,
+                "must be at least 1",
+            ),
+            (
+                "server.max_header_bytes",
+                self.server.max_header_bytes >= 1024,
+                "must be at least 1024",
+            ),
+            (
+                "limits.max_decoded_bytes",
+                self.limits.max_decoded_bytes >= self.limits.max_event_bytes,
+                "must be at least limits.max_event_bytes",
+            ),
+            (
+                "batch.max_bytes",
+                self.batch.max_bytes > 0 && self.batch.max_bytes <= self.batch.memory_budget_bytes,
+                "must be between 1 and batch.memory_budget_bytes",
+            ),
+            (
+                "batch.max_events",
+                self.batch.max_events > 0,
+                "must be at least 1",
+            ),
+            (
+                "batch.zstd_level",
+                (-7..=22).contains(&self.batch.zstd_level),
+                "must be between -7 and 22",
+            ),
+            (
+                "streams.partitions",
+                (1..=9999).contains(&self.streams.partitions),
+                "must be between 1 and 9999",
+            ),
+        ];
+        for (key, ok, message) in checks {
+            if !ok {
+                return Err(ConfigError::Invalid {
+                    key,
+                    message: message.to_string(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_env_overrides() {
+        let mut c = Config::default();
+        c.validate().unwrap();
+        c.apply_env(|k| (k == "SLUICE_LISTEN").then(|| "0.0.0.0:9000".to_string()));
+        assert_eq!(c.listen, "0.0.0.0:9000");
+        assert_eq!(c.store, "file://./sluice-data");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_the_key() {
+        let err = toml::from_str::<Config>("[batch]\nmax_agee_ms = 5").unwrap_err();
+        assert!(err.to_string().contains("max_agee_ms"), "{err}");
+        let c: Config = toml::from_str("[streams]\npartitions = 0").unwrap();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("streams.partitions"), "{err}");
+    }
+}

@@ -1,0 +1,438 @@
+//! Request bodies → event byte ranges (one object, an array, NDJSON; gzip, zstd).
+//!
+//! Owns framing and the per-event checks that need no schema: valid JSON, an
+//! object, within the size and depth limits. Each event stays a slice of the
+//! decoded body (`Bytes`), never re-serialised. Invalid events are reported by
+//! index beside the valid ones; only a body that cannot be framed at all fails
+//! as a whole.
+
+use std::io::Read;
+
+use bytes::Bytes;
+use serde_json::value::RawValue;
+
+use crate::config::Limits;
+
+/// How the body frames its events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// One JSON object or an array of objects (`application/json`, `text/plain`).
+    Json,
+    /// One JSON object per line (`application/x-ndjson`).
+    Ndjson,
+}
+
+/// `Content-Encoding` of the body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    Identity,
+    Gzip,
+    Zstd,
+}
+
+/// A body that cannot be used at all.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error(
+        "unsupported Content-Type {0:?}; send application/json, application/x-ndjson or text/plain"
+    )]
+    UnsupportedType(String),
+    #[error("unsupported Content-Encoding {0:?}; send gzip, zstd or none")]
+    UnsupportedEncoding(String),
+    #[error("body is larger than {limit} bytes after decoding (limits.max_decoded_bytes)")]
+    DecodedTooLarge { limit: usize },
+    #[error("body is not valid {encoding}: {reason}")]
+    BadEncoding {
+        encoding: &'static str,
+        reason: String,
+    },
+    #[error("body is not valid JSON: {0}")]
+    Malformed(String),
+    #[error("body is empty; send a JSON object, an array of objects or NDJSON")]
+    Empty,
+    #[error("request holds more than {limit} events (limits.max_events_per_request)")]
+    TooManyEvents { limit: usize },
+}
+
+/// Why one event was rejected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventFault {
+    Malformed,
+    NotObject,
+    TooLarge,
+    TooDeep,
+}
+
+impl EventFault {
+    /// Stable problem type name of the fault.
+    pub fn type_name(self) -> &'static str {
+        match self {
+            EventFault::Malformed => "malformed-event",
+            EventFault::NotObject => "not-an-object",
+            EventFault::TooLarge => "event-too-large",
+            EventFault::TooDeep => "event-too-deep",
+        }
+    }
+}
+
+/// One rejected event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    pub index: usize,
+    pub fault: EventFault,
+    pub detail: String,
+}
+
+/// A framed body: accepted event bytes (in order) and rejections by index.
+#[derive(Debug, Default)]
+pub struct Decoded {
+    pub events: Vec<Bytes>,
+    pub rejected: Vec<Rejected>,
+}
+
+impl Format {
+    /// From the `Content-Type` header (absent means JSON, like curl's default form posts).
+    pub fn from_content_type(value: Option<&str>) -> Result<Format, DecodeError> {
+        let Some(v) = value else {
+            return Ok(Format::Json);
+        };
+        let mime = v
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        match mime.as_str() {
+            "application/json" | "text/plain" | "application/x-www-form-urlencoded" | "" => {
+                Ok(Format::Json)
+            }
+            "application/x-ndjson" | "application/jsonl" | "application/ndjson" => {
+                Ok(Format::Ndjson)
+            }
+            _ => Err(DecodeError::UnsupportedType(v.to_string())),
+        }
+    }
+}
+
+impl Encoding {
+    pub fn from_header(value: Option<&str>) -> Result<Encoding, DecodeError> {
+        match value.map(|v| v.trim().to_ascii_lowercase()).as_deref() {
+            None | Some("") | Some("identity") => Ok(Encoding::Identity),
+            Some("gzip") | Some("x-gzip") => Ok(Encoding::Gzip),
+            Some("zstd") => Ok(Encoding::Zstd),
+            Some(_) => Err(DecodeError::UnsupportedEncoding(
+                value.unwrap_or_default().to_string(),
+            )),
+        }
+    }
+}
+
+/// Undo the content encoding, reading at most `limit` bytes of output.
+pub fn decompress(body: Bytes, encoding: Encoding, limit: usize) -> Result<Bytes, DecodeError> {
+    match encoding {
+        Encoding::Identity if body.len() > limit => Err(DecodeError::DecodedTooLarge { limit }),
+        Encoding::Identity => Ok(body),
+        Encoding::Gzip => read_limited(flate2::read::MultiGzDecoder::new(&body[..]), "gzip", limit),
+        Encoding::Zstd => {
+            let decoder = zstd::stream::read::Decoder::new(&body[..]).map_err(|e| {
+                DecodeError::BadEncoding {
+                    encoding: "zstd",
+                    reason: e.to_string(),
+                }
+            })?;
+            read_limited(decoder, "zstd", limit)
+        }
+    }
+}
+
+fn read_limited(reader: impl Read, name: &'static str, limit: usize) -> Result<Bytes, DecodeError> {
+    let mut out = Vec::new();
+    // One byte past the limit tells "exactly at the limit" from "over it".
+    let read = reader
+        .take(limit as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| DecodeError::BadEncoding {
+            encoding: name,
+            reason: e.to_string(),
+        })?;
+    if read > limit {
+        return Err(DecodeError::DecodedTooLarge { limit });
+    }
+    Ok(Bytes::from(out))
+}
+
+/// Frame a decoded body into events and per-event rejections.
+pub fn split(body: &Bytes, format: Format, limits: &Limits) -> Result<Decoded, DecodeError> {
+    let decoded = match format {
+        Format::Json => split_json(body, limits)?,
+        Format::Ndjson => split_ndjson(body, limits)?,
+    };
+    let total = decoded.events.len() + decoded.rejected.len();
+    if total == 0 {
+        return Err(DecodeError::Empty);
+    }
+    if total > limits.max_events_per_request {
+        return Err(DecodeError::TooManyEvents {
+            limit: limits.max_events_per_request,
+        });
+    }
+    Ok(decoded)
+}
+
+fn split_json(body: &Bytes, limits: &Limits) -> Result<Decoded, DecodeError> {
+    let trimmed = body.trim_ascii_start();
+    let mut out = Decoded::default();
+    match trimmed.first() {
+        None => return Err(DecodeError::Empty),
+        Some(b'[') => {
+            let items: Vec<&RawValue> =
+                serde_json::from_slice(body).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+            if items.len() > limits.max_events_per_request {
+                return Err(DecodeError::TooManyEvents {
+                    limit: limits.max_events_per_request,
+                });
+            }
+            for (index, raw) in items.into_iter().enumerate() {
+                out.check(index, body, slice_of(body, raw.get().as_bytes()), limits);
+            }
+        }
+        Some(_) => {
+            let raw: &RawValue =
+                serde_json::from_slice(body).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+            out.check(0, body, slice_of(body, raw.get().as_bytes()), limits);
+        }
+    }
+    Ok(out)
+}
+
+fn split_ndjson(body: &Bytes, limits: &Limits) -> Result<Decoded, DecodeError> {
+    let mut out = Decoded::default();
+    let mut index = 0;
+    for line in body.split(|&b| b == b'\n') {
+        let line = line.trim_ascii();
+        if line.is_empty() {
+            continue;
+        }
+        if index >= limits.max_events_per_request {
+            return Err(DecodeError::TooManyEvents {
+                limit: limits.max_events_per_request,
+            });
+        }
+        let range = slice_of(body, line);
+        if line.len() > limits.max_event_bytes {
+            out.reject(index, EventFault::TooLarge, too_large(limits));
+        } else {
+            match serde_json::from_slice::<&RawValue>(line) {
+                Ok(_) => out.check(index, body, range, limits),
+                Err(e) => out.reject(index, EventFault::Malformed, e.to_string()),
+            }
+        }
+        index += 1;
+    }
+    Ok(out)
+}
+
+fn too_large(limits: &Limits) -> String {
+    format!(
+        "event is larger than {} bytes (limits.max_event_bytes)",
+        limits.max_event_bytes
+    )
+}
+
+/// The byte range of `part` inside `whole` (`part` must be a subslice of it).
+fn slice_of(whole: &[u8], part: &[u8]) -> std::ops::Range<usize> {
+    let start = (part.as_ptr() as usize).saturating_sub(whole.as_ptr() as usize);
+    start..start + part.len()
+}
+
+impl Decoded {
+    fn reject(&mut self, index: usize, fault: EventFault, detail: String) {
+        self.rejected.push(Rejected {
+            index,
+            fault,
+            detail,
+        });
+    }
+
+    /// Checks of an event that is already known to be valid JSON.
+    fn check(
+        &mut self,
+        index: usize,
+        body: &Bytes,
+        range: std::ops::Range<usize>,
+        limits: &Limits,
+    ) {
+        let bytes = &body[range.clone()];
+        if bytes.first() != Some(&b'{') {
+            return self.reject(
+                index,
+                EventFault::NotObject,
+                "event must be a JSON object".into(),
+            );
+        }
+        if bytes.len() > limits.max_event_bytes {
+            return self.reject(index, EventFault::TooLarge, too_large(limits));
+        }
+        let scan = scan(bytes);
+        if scan.depth > limits.max_depth {
+            let detail = format!(
+                "event nests {} levels deep; the limit is {} (limits.max_depth)",
+                scan.depth, limits.max_depth
+            );
+            return self.reject(index, EventFault::TooDeep, detail);
+        }
+        let event = body.slice(range);
+        self.events.push(if scan.has_newline {
+            one_line(&event)
+        } else {
+            event
+        });
+    }
+}
+
+struct Scan {
+    depth: usize,
+    has_newline: bool,
+}
+
+/// Nesting depth and whether a raw newline occurs (only possible as whitespace).
+fn scan(bytes: &[u8]) -> Scan {
+    let (mut depth, mut max, mut in_string, mut escaped, mut has_newline) =
+        (0, 0, false, false, false);
+    for &b in bytes {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                max = usize::max(max, depth);
+            }
+            b'}' | b']' => depth -= 1,
+            b'\n' | b'\r' => has_newline = true,
+            _ => {}
+        }
+    }
+    Scan {
+        depth: max,
+        has_newline,
+    }
+}
+
+/// A pretty-printed event made one line: newlines outside strings are
+/// whitespace, so turning them into spaces keeps the event's meaning and
+/// keeps the segment one event per line.
+fn one_line(event: &[u8]) -> Bytes {
+    event
+        .iter()
+        .map(|&b| if b == b'\n' || b == b'\r' { b' ' } else { b })
+        .collect::<Vec<u8>>()
+        .into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> Limits {
+        Limits::default()
+    }
+
+    fn texts(d: &Decoded) -> Vec<&str> {
+        d.events
+            .iter()
+            .map(|e| std::str::from_utf8(e).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn array_keeps_bytes_and_reports_non_objects_by_index() {
+        let body = Bytes::from_static(br#"[ {"a": 1.50} , 7, {"b":"x"} ]"#);
+        let d = split(&body, Format::Json, &limits()).unwrap();
+        assert_eq!(texts(&d), vec![r#"{"a": 1.50}"#, r#"{"b":"x"}"#]);
+        assert_eq!(d.rejected[0].index, 1);
+        assert_eq!(d.rejected[0].fault, EventFault::NotObject);
+    }
+
+    #[test]
+    fn ndjson_reports_malformed_lines_and_keeps_the_rest() {
+        let body = Bytes::from_static(b"{\"a\":1}\r\n{oops\n\n{\"c\":3}\n");
+        let d = split(&body, Format::Ndjson, &limits()).unwrap();
+        assert_eq!(texts(&d), vec![r#"{"a":1}"#, r#"{"c":3}"#]);
+        assert_eq!(d.rejected[0].index, 1);
+        assert_eq!(d.rejected[0].fault, EventFault::Malformed);
+    }
+
+    #[test]
+    fn depth_size_and_count_limits() {
+        let l = Limits {
+            max_depth: 3,
+            max_event_bytes: 20,
+            max_events_per_request: 2,
+            ..limits()
+        };
+        let body = Bytes::from_static(
+            br#"[{"a":{"b":{"c":{}}}},{"s":"[[[[[[[[[["},{"long":"xxxxxxxxxxxxxxxxxxxx"}]"#,
+        );
+        let err = split(&body, Format::Json, &l).unwrap_err();
+        assert!(matches!(err, DecodeError::TooManyEvents { limit: 2 }));
+        let l = Limits {
+            max_events_per_request: 10,
+            ..l
+        };
+        let d = split(&body, Format::Json, &l).unwrap();
+        let faults: Vec<_> = d.rejected.iter().map(|r| (r.index, r.fault)).collect();
+        assert_eq!(
+            faults,
+            vec![(0, EventFault::TooDeep), (2, EventFault::TooLarge)]
+        );
+        assert_eq!(texts(&d), vec![r#"{"s":"[[[[[[[[[["}"#]);
+    }
+
+    #[test]
+    fn pretty_printed_events_become_one_line() {
+        let body = Bytes::from_static(b"[{\n  \"a\": \"x\\ny\"\n}]");
+        let d = split(&body, Format::Json, &limits()).unwrap();
+        assert_eq!(texts(&d), vec!["{   \"a\": \"x\\ny\" }"]);
+    }
+
+    #[test]
+    fn whole_body_failures() {
+        let l = limits();
+        let bad = Bytes::from_static(b"[{\"a\":1},");
+        assert!(matches!(
+            split(&bad, Format::Json, &l),
+            Err(DecodeError::Malformed(_))
+        ));
+        assert!(matches!(
+            split(&Bytes::new(), Format::Json, &l),
+            Err(DecodeError::Empty)
+        ));
+        assert!(matches!(
+            Format::from_content_type(Some("image/png")),
+            Err(DecodeError::UnsupportedType(_))
+        ));
+        assert!(matches!(
+            Encoding::from_header(Some("br")),
+            Err(DecodeError::UnsupportedEncoding(_))
+        ));
+    }
+
+    #[test]
+    fn decompression_stops_at_the_limit() {
+        let big = vec![b' '; 1 << 20];
+        let zipped = zstd::bulk::compress(&big, 3).unwrap();
+        assert!(zipped.len() < 1024);
+        let err = decompress(Bytes::from(zipped.clone()), Encoding::Zstd, 1000).unwrap_err();
+        assert!(matches!(err, DecodeError::DecodedTooLarge { limit: 1000 }));
+        let ok = decompress(Bytes::from(zipped), Encoding::Zstd, 1 << 20).unwrap();
+        assert_eq!(ok.len(), 1 << 20);
+    }
+}

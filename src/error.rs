@@ -1,0 +1,171 @@
+//! problem+json (RFC 9457): one place maps every error to status, type and retry.
+//!
+//! Owns the wire shape of errors. Each module keeps its own `thiserror` enum;
+//! the `From` impls here are the single, exhaustive map to HTTP.
+
+use bytes::Bytes;
+use http::{header, Response, StatusCode};
+use http_body_util::Full;
+use serde::Serialize;
+
+use crate::batch::SubmitError;
+use crate::decode::DecodeError;
+
+/// Prefix of every problem `type`; the suffix is stable and documented.
+pub const TYPE_PREFIX: &str = "urn:sluice:problem:";
+
+/// One per-event rejection, as reported to the client.
+#[derive(Debug, Clone, Serialize)]
+pub struct EventError {
+    pub index: usize,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub detail: String,
+}
+
+/// An error response.
+#[derive(Debug, Clone)]
+pub struct Problem {
+    pub status: StatusCode,
+    pub kind: &'static str,
+    pub title: &'static str,
+    pub detail: String,
+    pub retry_after: Option<u32>,
+    /// Per-event errors (422), already capped.
+    pub errors: Vec<EventError>,
+    /// Errors left out of `errors` by the cap.
+    pub errors_omitted: usize,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    #[serde(rename = "type")]
+    kind: String,
+    title: &'a str,
+    status: u16,
+    detail: &'a str,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    errors: &'a [EventError],
+    #[serde(skip_serializing_if = "is_zero")]
+    errors_omitted: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+impl Problem {
+    pub fn new(
+        status: StatusCode,
+        kind: &'static str,
+        title: &'static str,
+        detail: impl Into<String>,
+    ) -> Self {
+        Problem {
+            status,
+            kind,
+            title,
+            detail: detail.into(),
+            retry_after: None,
+            errors: Vec::new(),
+            errors_omitted: 0,
+        }
+    }
+
+    pub fn retry_after(mut self, seconds: u32) -> Self {
+        self.retry_after = Some(seconds);
+        self
+    }
+
+    pub fn not_found(detail: impl Into<String>) -> Self {
+        Problem::new(StatusCode::NOT_FOUND, "not-found", "Not found", detail)
+    }
+
+    pub fn bad_request(kind: &'static str, detail: impl Into<String>) -> Self {
+        Problem::new(StatusCode::BAD_REQUEST, kind, "Bad request", detail)
+    }
+
+    pub fn payload_too_large(detail: impl Into<String>) -> Self {
+        Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too-large",
+            "Payload too large",
+            detail,
+        )
+    }
+
+    pub fn unavailable(kind: &'static str, detail: impl Into<String>) -> Self {
+        Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            kind,
+            "Service unavailable",
+            detail,
+        )
+        .retry_after(1)
+    }
+
+    pub fn response(&self) -> Response<Full<Bytes>> {
+        let body = Body {
+            kind: format!("{TYPE_PREFIX}{}", self.kind),
+            title: self.title,
+            status: self.status.as_u16(),
+            detail: &self.detail,
+            errors: &self.errors,
+            errors_omitted: self.errors_omitted,
+        };
+        let json = serde_json::to_vec(&body).unwrap_or_default();
+        let mut resp = Response::new(Full::new(Bytes::from(json)));
+        *resp.status_mut() = self.status;
+        let headers = resp.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("application/problem+json"),
+        );
+        if let Some(s) = self.retry_after {
+            headers.insert(header::RETRY_AFTER, header::HeaderValue::from(s));
+        }
+        resp
+    }
+}
+
+impl From<DecodeError> for Problem {
+    fn from(e: DecodeError) -> Self {
+        let detail = e.to_string();
+        match e {
+            DecodeError::UnsupportedType(_) => Problem::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported-media-type",
+                "Unsupported media type",
+                detail,
+            ),
+            DecodeError::UnsupportedEncoding(_) => Problem::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported-encoding",
+                "Unsupported content encoding",
+                detail,
+            ),
+            DecodeError::DecodedTooLarge { .. } | DecodeError::TooManyEvents { .. } => {
+                Problem::payload_too_large(detail)
+            }
+            DecodeError::BadEncoding { .. } => Problem::bad_request("bad-encoding", detail),
+            DecodeError::Malformed(_) => Problem::bad_request("malformed-json", detail),
+            DecodeError::Empty => Problem::bad_request("empty-body", detail),
+        }
+    }
+}
+
+impl From<SubmitError> for Problem {
+    fn from(e: SubmitError) -> Self {
+        let detail = e.to_string();
+        match e {
+            SubmitError::Overloaded { .. } => Problem::unavailable("overloaded", detail),
+            SubmitError::Draining => Problem::unavailable("draining", detail),
+            SubmitError::TooManyStreams { .. } => Problem::new(
+                StatusCode::FORBIDDEN,
+                "stream-limit",
+                "Stream limit reached",
+                detail,
+            ),
+        }
+    }
+}

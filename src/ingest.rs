@@ -1,0 +1,209 @@
+//! `POST /v1/streams/{stream}/events`: body → decode → batcher → ack.
+//!
+//! Owns the ingest request's flow and its response shapes (200 durable with
+//! offsets, 202 async, 422 all invalid). Framing lives in `decode`, buffering
+//! in `batch`, error wire format in `error`.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use serde::Serialize;
+
+use crate::batch::Ack;
+use crate::decode::{self, Decoded, Encoding, Format};
+use crate::error::{EventError, Problem};
+use crate::log::segment::ReceivedAt;
+use crate::server::App;
+
+/// Per-event errors listed in one response; the rest are counted.
+pub const MAX_REPORTED_ERRORS: usize = 100;
+
+#[derive(Serialize)]
+struct Accepted<'a> {
+    accepted: usize,
+    rejected: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    partition: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    first_offset: Option<u64>,
+    errors: &'a [EventError],
+    #[serde(skip_serializing_if = "is_zero")]
+    errors_omitted: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+pub async fn handle(
+    app: &Arc<App>,
+    stream: &str,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Problem> {
+    check_stream_name(app, stream)?;
+    let durable = !wants_async(&req);
+    let format = Format::from_content_type(header_str(req.headers(), header::CONTENT_TYPE))?;
+    let encoding = Encoding::from_header(header_str(req.headers(), header::CONTENT_ENCODING))?;
+    let body = read_body(app, req).await?;
+    let at = ReceivedAt::now();
+    let limits = &app.config.limits;
+    let decoded = decode::split(
+        &decode::decompress(body, encoding, limits.max_decoded_bytes)?,
+        format,
+        limits,
+    )?;
+    let (accepted, rejected) = (decoded.events.len(), decoded.rejected.len());
+    let (errors, omitted) = report(&decoded);
+    count_events(stream, accepted, rejected);
+    if accepted == 0 {
+        let mut p = Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-events",
+            "Every event is invalid",
+            format!("all {rejected} events were rejected; see errors"),
+        );
+        (p.errors, p.errors_omitted) = (errors, omitted);
+        return Err(p);
+    }
+    let rx = app
+        .batcher
+        .submit(stream, decoded.events, at, durable)
+        .await?;
+    let ack = match rx {
+        None => None,
+        Some(rx) => Some(wait_for_ack(app, rx).await?),
+    };
+    let body = Accepted {
+        accepted,
+        rejected,
+        partition: ack.map(|a| a.partition),
+        first_offset: ack.map(|a| a.first_offset),
+        errors: &errors,
+        errors_omitted: omitted,
+    };
+    let status = if durable {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    Ok(json(status, &body))
+}
+
+fn check_stream_name(app: &App, stream: &str) -> Result<(), Problem> {
+    let max = app.config.limits.max_stream_name_len;
+    if crate::names::valid(stream, max) {
+        return Ok(());
+    }
+    Err(Problem::bad_request(
+        "invalid-stream-name",
+        format!("stream name {stream:?} must be 1-{max} characters of [A-Za-z0-9._-], not starting with '.' or '-' (limits.max_stream_name_len)"),
+    ))
+}
+
+fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// `Prefer: respond-async` or `?async=true` (for beacons that cannot set headers).
+fn wants_async<B>(req: &Request<B>) -> bool {
+    let prefer = req
+        .headers()
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim().eq_ignore_ascii_case("respond-async"));
+    let query = req
+        .uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .any(|kv| kv == "async=true" || kv == "async=1");
+    prefer || query
+}
+
+async fn read_body(app: &App, req: Request<Incoming>) -> Result<Bytes, Problem> {
+    let limit = app.config.limits.max_body_bytes;
+    let too_large = || {
+        Problem::payload_too_large(format!(
+            "request body is larger than {limit} bytes (limits.max_body_bytes)"
+        ))
+    };
+    let declared =
+        header_str(req.headers(), header::CONTENT_LENGTH).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    match Limited::new(req.into_body(), limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(e) => Err(Problem::bad_request(
+            "body-read-failed",
+            format!("could not read the request body: {e}"),
+        )),
+    }
+}
+
+fn report(decoded: &Decoded) -> (Vec<EventError>, usize) {
+    let errors = decoded
+        .rejected
+        .iter()
+        .take(MAX_REPORTED_ERRORS)
+        .map(|r| EventError {
+            index: r.index,
+            kind: r.fault.type_name(),
+            detail: r.detail.clone(),
+        })
+        .collect();
+    let omitted = decoded.rejected.len().saturating_sub(MAX_REPORTED_ERRORS);
+    (errors, omitted)
+}
+
+fn count_events(stream: &str, accepted: usize, rejected: usize) {
+    let s = stream.to_string();
+    metrics::counter!("sluice_events_total", "stream" => s.clone(), "outcome" => "accepted")
+        .increment(accepted as u64);
+    if rejected > 0 {
+        metrics::counter!("sluice_events_total", "stream" => s, "outcome" => "invalid")
+            .increment(rejected as u64);
+    }
+}
+
+async fn wait_for_ack(app: &App, rx: crate::batch::AckReceiver) -> Result<Ack, Problem> {
+    let limit = app.config.batch.ack_timeout();
+    match tokio::time::timeout(limit, rx).await {
+        Ok(Ok(Ok(ack))) => Ok(ack),
+        Ok(Ok(Err(e))) => Err(Problem::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "Internal error",
+            e.to_string(),
+        )),
+        Ok(Err(_)) => Err(Problem::unavailable(
+            "store-unavailable",
+            "the commit was abandoned; retry the request",
+        )),
+        Err(_) => Err(Problem::unavailable(
+            "store-unavailable",
+            format!(
+                "events were not committed within {} ms (batch.ack_timeout_ms); they may still be committed: retry, and expect at-least-once delivery",
+                limit.as_millis()
+            ),
+        )),
+    }
+}
+
+/// A JSON response.
+pub fn json(status: StatusCode, body: &impl Serialize) -> Response<Full<Bytes>> {
+    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    let mut resp = Response::new(Full::new(Bytes::from(bytes)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    resp
+}

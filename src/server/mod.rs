@@ -1,0 +1,192 @@
+//! The gateway process: accept loop, connection limits, graceful drain.
+//!
+//! Owns sockets and lifetimes: a semaphore bounds connections, hyper enforces
+//! the header timeout and size, and shutdown runs in order (not ready →
+//! stop accepting → finish in-flight requests → flush every buffer). Request
+//! handling lives in `routes` and `ingest`.
+
+mod routes;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+
+use crate::batch::Batcher;
+use crate::config::Config;
+use crate::log::retry::RetryPolicy;
+use crate::log::Log;
+use crate::store::{Store, StoreError};
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+}
+
+/// Shared state of one gateway.
+pub struct App {
+    pub config: Config,
+    pub log: Arc<Log>,
+    pub batcher: Batcher,
+    pub metrics: PrometheusHandle,
+    draining: AtomicBool,
+}
+
+impl App {
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+}
+
+/// A bound, not yet serving, gateway.
+pub struct Gateway {
+    pub app: Arc<App>,
+    listener: TcpListener,
+}
+
+impl Gateway {
+    /// Open the store (and prove it answers), bind the listener.
+    pub async fn bind(config: Config) -> Result<Gateway, StartError> {
+        let store = Store::open(&config.store)?;
+        store.check(&config.store).await?;
+        let listener =
+            TcpListener::bind(&config.listen)
+                .await
+                .map_err(|source| StartError::Bind {
+                    addr: config.listen.clone(),
+                    source,
+                })?;
+        Ok(Gateway::with_store(config, store, listener))
+    }
+
+    /// A gateway on a given store and listener (tests: decorated stores).
+    pub fn with_store(config: Config, store: Store, listener: TcpListener) -> Gateway {
+        let writer = ulid::Ulid::new().to_string().to_ascii_lowercase();
+        let policy = RetryPolicy {
+            deadline: config.batch.store_retry(),
+            ..RetryPolicy::default()
+        };
+        let log = Arc::new(Log::new(store, writer, policy));
+        let batcher = Batcher::new(
+            log.clone(),
+            &config.tenant,
+            config.batch.clone(),
+            config.streams.clone(),
+        );
+        let app = Arc::new(App {
+            config,
+            log,
+            batcher,
+            metrics: crate::metrics::handle(),
+            draining: AtomicBool::new(false),
+        });
+        Gateway { app, listener }
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serve until `shutdown` resolves, then drain and flush.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let Gateway { app, listener } = self;
+        let max = app.config.server.max_connections;
+        let permits = Arc::new(Semaphore::new(max));
+        let (close_tx, close_rx) = watch::channel(false);
+        tokio::pin!(shutdown);
+        loop {
+            let accepted = tokio::select! {
+                _ = &mut shutdown => break,
+                permit = permits.clone().acquire_owned() => match permit {
+                    Ok(p) => tokio::select! {
+                        _ = &mut shutdown => break,
+                        conn = listener.accept() => conn.map(|c| (c, p)),
+                    },
+                    Err(_) => break,
+                },
+            };
+            match accepted {
+                Ok(((stream, _), permit)) => {
+                    let (app, close) = (app.clone(), close_rx.clone());
+                    tokio::spawn(async move {
+                        serve_connection(app, stream, close).await;
+                        drop(permit);
+                    });
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+        drain(app, listener, permits, close_tx, max).await;
+    }
+}
+
+async fn drain(
+    app: Arc<App>,
+    listener: TcpListener,
+    permits: Arc<Semaphore>,
+    close: watch::Sender<bool>,
+    max: usize,
+) {
+    app.draining.store(true, Ordering::Relaxed);
+    metrics::gauge!("sluice_draining").set(1.0);
+    drop(listener);
+    tracing::info!("draining: finishing in-flight requests, then flushing buffers");
+    let _ = close.send(true);
+    let limit = app.config.server.drain_timeout();
+    let all = u32::try_from(max).unwrap_or(u32::MAX);
+    let finished = tokio::time::timeout(limit, async {
+        let _ = permits.acquire_many(all).await;
+        app.batcher.shutdown().await;
+    })
+    .await;
+    match finished {
+        Ok(()) => tracing::info!("drained: every buffered event is committed"),
+        Err(_) => tracing::error!(
+            buffered_bytes = app.batcher.budget().used(),
+            "drain timed out (server.drain_timeout_ms); buffered events not committed"
+        ),
+    }
+}
+
+async fn serve_connection(app: Arc<App>, stream: TcpStream, mut close: watch::Receiver<bool>) {
+    let _ = stream.set_nodelay(true);
+    let cfg = &app.config.server;
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(cfg.header_read_timeout())
+        .max_buf_size(cfg.max_header_bytes.max(8192))
+        .max_header_size(cfg.max_header_bytes)
+        .keep_alive(true);
+    let service_app = app.clone();
+    let service = hyper::service::service_fn(move |req| routes::route(service_app.clone(), req));
+    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    metrics::gauge!("sluice_open_connections").increment(1.0);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = async { close.wait_for(|c| *c).await.map(|_| ()) } => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.as_mut().await;
+        }
+    }
+    metrics::gauge!("sluice_open_connections").decrement(1.0);
+}

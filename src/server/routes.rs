@@ -1,0 +1,114 @@
+//! Routing and the small routes: health, readiness, metrics.
+//!
+//! Owns the route table and per-route request metrics. Ingest has its own module.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use object_store::ObjectStoreExt;
+
+use super::App;
+use crate::error::Problem;
+use crate::ingest;
+
+/// Route labels: a fixed vocabulary, never the raw path.
+fn route_label(method: &Method, path: &str) -> &'static str {
+    match (method, path) {
+        (_, "/healthz") => "healthz",
+        (_, "/readyz") => "readyz",
+        (_, "/metrics") => "metrics",
+        (&Method::POST, p) if p.starts_with("/v1/streams/") => "ingest",
+        _ => "other",
+    }
+}
+
+pub async fn route(
+    app: Arc<App>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let started = Instant::now();
+    let label = route_label(req.method(), req.uri().path());
+    metrics::gauge!("sluice_inflight_requests").increment(1.0);
+    let resp = dispatch(&app, req).await.unwrap_or_else(|p| p.response());
+    metrics::gauge!("sluice_inflight_requests").decrement(1.0);
+    let status = resp.status().as_u16().to_string();
+    metrics::counter!("sluice_http_requests_total", "route" => label, "status" => status)
+        .increment(1);
+    metrics::histogram!("sluice_http_request_duration_seconds", "route" => label)
+        .record(started.elapsed().as_secs_f64());
+    Ok(resp)
+}
+
+async fn dispatch(
+    app: &Arc<App>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Problem> {
+    let path = req.uri().path().to_string();
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match (req.method(), segments.as_slice()) {
+        (&Method::GET, ["healthz"]) => Ok(text(StatusCode::OK, "ok\n")),
+        (&Method::GET, ["readyz"]) => Ok(readyz(app).await),
+        (&Method::GET, ["metrics"]) => Ok(metrics(app)),
+        (&Method::POST, ["v1", "streams", stream, "events"]) => {
+            ingest::handle(app, stream, req).await
+        }
+        (_, ["v1", "streams", _, "events"]) | (_, ["healthz" | "readyz" | "metrics"]) => {
+            Err(Problem::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                "Method not allowed",
+                format!("{} is not allowed on {path}", req.method()),
+            ))
+        }
+        _ => Err(Problem::not_found(format!(
+            "no route for {} {path}",
+            req.method()
+        ))),
+    }
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain"),
+    );
+    resp
+}
+
+/// Ready when not draining and the store answers a HEAD within a second.
+async fn readyz(app: &Arc<App>) -> Response<Full<Bytes>> {
+    if app.is_draining() {
+        return Problem::unavailable("draining", "the gateway is shutting down").response();
+    }
+    let store = app.log.store();
+    let probe = store.root.clone().join("_sluice_probe");
+    let answer = tokio::time::timeout(Duration::from_secs(1), store.inner.head(&probe)).await;
+    match answer {
+        Ok(Ok(_)) | Ok(Err(object_store::Error::NotFound { .. })) => {
+            text(StatusCode::OK, "ready\n")
+        }
+        Ok(Err(e)) => {
+            Problem::unavailable("store-unavailable", format!("store does not answer: {e}"))
+                .response()
+        }
+        Err(_) => {
+            Problem::unavailable("store-unavailable", "store did not answer within 1 s").response()
+        }
+    }
+}
+
+fn metrics(app: &Arc<App>) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(app.metrics.render())));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    resp
+}

@@ -1,0 +1,77 @@
+//! An in-process gateway on 127.0.0.1:0 over a chosen store, and log readers.
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use sluice::config::Config;
+use sluice::log::retry::RetryPolicy;
+use sluice::log::Log;
+use sluice::server::Gateway;
+use sluice::store::Store;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub struct TestGateway {
+    pub addr: SocketAddr,
+    pub store: Store,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl TestGateway {
+    pub async fn start(config: Config, store: Store) -> TestGateway {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let gateway = Gateway::with_store(config, store.clone(), listener);
+        let addr = gateway.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(gateway.run(async {
+            let _ = stopped.await;
+        }));
+        TestGateway {
+            addr,
+            store,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Graceful shutdown (as on SIGTERM); returns once everything is flushed.
+    pub async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            t.await.unwrap();
+        }
+    }
+}
+
+/// Every event (envelope line) of one partition of a stream.
+pub async fn read_partition(store: &Store, stream: &str, partition: u32) -> Vec<Bytes> {
+    let log = Log::new(store.clone(), "reader", RetryPolicy::default());
+    let s = log.stream("default", stream);
+    log.read(&s, partition, 0, usize::MAX).await.unwrap().events
+}
+
+/// The event bytes inside an envelope line.
+pub fn event_of(line: &[u8]) -> String {
+    let s = std::str::from_utf8(line).unwrap();
+    let start = s.find(",\"event\":").unwrap() + ",\"event\":".len();
+    s[start..s.len() - 1].to_string()
+}
+
+/// A config for tests: memory-friendly defaults, fast flushes.
+pub fn test_config() -> Config {
+    let mut c = Config {
+        listen: "127.0.0.1:0".into(),
+        ..Config::default()
+    };
+    c.batch.max_age_ms = 20;
+    c.batch.store_retry_ms = 300;
+    c
+}
