@@ -22,9 +22,21 @@ fn events() -> Vec<Bytes> {
 }
 
 fn segment_building(c: &mut Criterion) {
-    let one_batch = events();
-    // 8 000 events (~2.4 MB): a realistic flush.
-    let events: Vec<Bytes> = one_batch.iter().cycle().take(8_000).cloned().collect();
+    // 8 000 distinct events (~2.4 MB): a realistic flush. Each gets its own
+    // user id and session so zstd cannot just repeat whole events.
+    let events: Vec<Bytes> = events()
+        .iter()
+        .cycle()
+        .take(8_000)
+        .enumerate()
+        .map(|(i, e)| {
+            let text = std::str::from_utf8(e).expect("utf-8");
+            let text = text
+                .replacen("u000", &format!("u{:03}", i % 1000), 1)
+                .replacen("abcdef", &format!("{:06x}", i * 7919), 1);
+            Bytes::from(text)
+        })
+        .collect();
     let bytes: usize = events.iter().map(Bytes::len).sum();
     let mut group = c.benchmark_group("segment");
     group.throughput(Throughput::Bytes(bytes as u64));

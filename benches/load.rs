@@ -999,11 +999,12 @@ mod ceiling {
     use hyper::service::service_fn;
     use hyper_util::rt::TokioIo;
     use serde::de::IgnoredAny;
-    use tokio::net::{TcpListener, TcpStream};
+    use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
     pub const HTTP: &str = "http";
     pub const PARSE_ZSTD: &str = "parse-zstd";
     const MAX_LIFETIME: Duration = Duration::from_secs(30 * 60);
+    const LISTEN_BACKLOG: u32 = 4096;
 
     #[derive(Clone, Copy)]
     enum Mode {
@@ -1039,9 +1040,7 @@ mod ceiling {
     }
 
     async fn accept_loop(mode: Mode) {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind the ceiling server to 127.0.0.1");
+        let listener = bind_loopback();
         announce(
             listener
                 .local_addr()
@@ -1063,6 +1062,18 @@ mod ceiling {
                 },
             }
         }
+    }
+
+    /// A listener with room for a whole connection storm: std's and tokio's
+    /// default backlog (128) drops SYNs when hundreds of clients connect at once.
+    fn bind_loopback() -> TcpListener {
+        let socket = TcpSocket::new_v4().expect("create the ceiling server's socket");
+        socket
+            .bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .expect("bind the ceiling server to 127.0.0.1");
+        socket
+            .listen(LISTEN_BACKLOG)
+            .expect("listen on the ceiling server's socket")
     }
 
     fn announce(addr: SocketAddr) {

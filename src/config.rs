@@ -44,6 +44,8 @@ pub struct Config {
 pub struct ServerConfig {
     /// Most open client connections; more wait in the listen backlog.
     pub max_connections: usize,
+    /// Connections the kernel queues before accept (capped by `net.core.somaxconn`).
+    pub listen_backlog: u32,
     /// Time a client has to send a request's headers (slowloris guard).
     pub header_read_timeout_ms: u64,
     /// An idle keep-alive connection is closed after this long without a request.
@@ -120,6 +122,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             max_connections: 10_000,
+            listen_backlog: 4096,
             header_read_timeout_ms: 10_000,
             idle_timeout_ms: 60_000,
             max_header_bytes: 16 * 1024,

@@ -63,13 +63,12 @@ impl Gateway {
     pub async fn bind(config: Config) -> Result<Gateway, StartError> {
         let store = Store::open(&config.store)?;
         store.check(&config.store).await?;
-        let listener =
-            TcpListener::bind(&config.listen)
-                .await
-                .map_err(|source| StartError::Bind {
-                    addr: config.listen.clone(),
-                    source,
-                })?;
+        let listener = listen(&config.listen, config.server.listen_backlog).map_err(|source| {
+            StartError::Bind {
+                addr: config.listen.clone(),
+                source,
+            }
+        })?;
         Ok(Gateway::with_store(config, store, listener))
     }
 
@@ -136,6 +135,20 @@ impl Gateway {
         }
         drain(app, listener, permits, close_tx, max).await;
     }
+}
+
+/// Bind with an explicit backlog: the default (128) drops connection bursts.
+fn listen(addr: &str, backlog: u32) -> std::io::Result<TcpListener> {
+    let addr: SocketAddr = addr
+        .parse()
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
 }
 
 async fn drain(
