@@ -57,7 +57,9 @@ pub async fn handle(
     )?;
     let (accepted, rejected) = (decoded.events.len(), decoded.rejected.len());
     let (errors, omitted) = report(&decoded);
-    count_events(stream, accepted, rejected);
+    if rejected > 0 {
+        app.batcher.count_invalid(stream, rejected);
+    }
     if accepted == 0 {
         let mut p = Problem::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -160,16 +162,6 @@ fn report(decoded: &Decoded) -> (Vec<EventError>, usize) {
         .collect();
     let omitted = decoded.rejected.len().saturating_sub(MAX_REPORTED_ERRORS);
     (errors, omitted)
-}
-
-fn count_events(stream: &str, accepted: usize, rejected: usize) {
-    let s = stream.to_string();
-    metrics::counter!("sluice_events_total", "stream" => s.clone(), "outcome" => "accepted")
-        .increment(accepted as u64);
-    if rejected > 0 {
-        metrics::counter!("sluice_events_total", "stream" => s, "outcome" => "invalid")
-            .increment(rejected as u64);
-    }
 }
 
 async fn wait_for_ack(app: &App, rx: crate::batch::AckReceiver) -> Result<Ack, Problem> {

@@ -418,7 +418,24 @@ async fn health_ready_and_metrics() {
     )
     .await;
     assert_eq!(s, 200);
+    // Invalid events for a stream this gateway does not serve: no new label value.
+    let (s, _, _) = post(
+        &client,
+        &gw.url("/v1/streams/never-seen-xyz/events"),
+        &[],
+        b"[1]".to_vec(),
+    )
+    .await;
+    assert_eq!(s, 422);
     let text = get("/metrics").await.unwrap().text().await.unwrap();
+    assert!(
+        !text.contains("never-seen-xyz"),
+        "free text became a label value"
+    );
+    assert!(
+        text.contains(r#"sluice_events_total{stream="_other",outcome="invalid"}"#),
+        "{text}"
+    );
     for name in [
         "sluice_events_total",
         "sluice_http_requests_total",

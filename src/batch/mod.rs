@@ -69,8 +69,14 @@ pub struct Batcher {
     config: BatchConfig,
     streams_config: StreamsConfig,
     budget: Arc<Budget>,
-    streams: RwLock<Option<HashMap<String, mpsc::Sender<Submission>>>>,
+    streams: RwLock<Option<HashMap<String, Arc<StreamEntry>>>>,
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// A running stream: its queue and its metric handles (registered once).
+struct StreamEntry {
+    tx: mpsc::Sender<Submission>,
+    accepted: metrics::Counter,
 }
 
 /// Bytes a submission holds in memory: event bytes plus envelope overhead.
@@ -110,7 +116,7 @@ impl Batcher {
                 limit: self.budget.limit(),
             });
         }
-        let sender = match self.sender(stream) {
+        let entry = match self.entry(stream) {
             Ok(s) => s,
             Err(e) => {
                 self.budget.release(reserved);
@@ -131,14 +137,34 @@ impl Batcher {
             received: Instant::now(),
             ack,
         };
-        if sender.send(sub).await.is_err() {
+        let count = sub.events.len() as u64;
+        if entry.tx.send(sub).await.is_err() {
             self.budget.release(reserved);
             return Err(SubmitError::Draining);
         }
+        entry.accepted.increment(count);
         Ok(rx)
     }
 
-    fn sender(&self, stream: &str) -> Result<mpsc::Sender<Submission>, SubmitError> {
+    /// Count invalid events; streams this gateway does not serve fold into
+    /// `_other`, so arbitrary names never become label values.
+    pub fn count_invalid(&self, stream: &str, n: usize) {
+        let known = self
+            .streams
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .is_some_and(|m| m.contains_key(stream));
+        let label = if known {
+            stream.to_string()
+        } else {
+            "_other".to_string()
+        };
+        metrics::counter!("sluice_events_total", "stream" => label, "outcome" => "invalid")
+            .increment(n as u64);
+    }
+
+    fn entry(&self, stream: &str) -> Result<Arc<StreamEntry>, SubmitError> {
         {
             let streams = self.streams.read().unwrap_or_else(|p| p.into_inner());
             let map = streams.as_ref().ok_or(SubmitError::Draining)?;
@@ -156,6 +182,12 @@ impl Batcher {
                 limit: self.streams_config.max_streams,
             });
         }
+        let entry = Arc::new(self.start_stream(stream));
+        map.insert(stream.to_string(), entry.clone());
+        Ok(entry)
+    }
+
+    fn start_stream(&self, stream: &str) -> StreamEntry {
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
         let task = stream::StreamTask {
             name: stream.to_string(),
@@ -170,8 +202,11 @@ impl Batcher {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(handle);
-        map.insert(stream.to_string(), tx.clone());
-        Ok(tx)
+        let label = stream.to_string();
+        StreamEntry {
+            tx,
+            accepted: metrics::counter!("sluice_events_total", "stream" => label, "outcome" => "accepted"),
+        }
     }
 
     /// Stop taking submissions, flush and commit everything buffered, and

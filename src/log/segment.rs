@@ -22,19 +22,30 @@ pub struct ReceivedAt {
 
 impl ReceivedAt {
     pub fn now() -> Self {
-        Self::from_datetime(Utc::now())
+        Self::from_millis(Utc::now().timestamp_millis())
     }
 
     pub fn from_datetime(at: DateTime<Utc>) -> Self {
-        let mut text = [b'0'; 24];
-        let formatted = at.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string();
-        // Years past 9999 do not fit the fixed width; clamp rather than panic.
-        let n = formatted.len().min(24);
-        text[..n].copy_from_slice(&formatted.as_bytes()[..n]);
-        ReceivedAt {
-            millis: at.timestamp_millis(),
-            text,
-        }
+        Self::from_millis(at.timestamp_millis())
+    }
+
+    /// Format milliseconds since the epoch without allocating (years 0–9999).
+    pub fn from_millis(millis: i64) -> Self {
+        let clamped = millis.clamp(-62_167_219_200_000, 253_402_300_799_999);
+        let (days, ms_of_day) = (
+            clamped.div_euclid(86_400_000),
+            clamped.rem_euclid(86_400_000),
+        );
+        let (y, m, d) = civil_from_days(days);
+        let mut text = *b"0000-00-00T00:00:00.000Z";
+        put(&mut text[0..4], y as u64);
+        put(&mut text[5..7], m);
+        put(&mut text[8..10], d);
+        put(&mut text[11..13], (ms_of_day / 3_600_000) as u64);
+        put(&mut text[14..16], (ms_of_day / 60_000 % 60) as u64);
+        put(&mut text[17..19], (ms_of_day / 1000 % 60) as u64);
+        put(&mut text[20..23], (ms_of_day % 1000) as u64);
+        ReceivedAt { millis, text }
     }
 
     pub fn as_str(&self) -> &str {
@@ -50,6 +61,28 @@ impl ReceivedAt {
         let t = self.as_str();
         format!("dt={}/hr={}", &t[0..10], &t[11..13])
     }
+}
+
+/// Write `n` as zero-padded decimal filling `out`.
+fn put(out: &mut [u8], mut n: u64) {
+    for b in out.iter_mut().rev() {
+        *b = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+}
+
+/// (year, month, day) of a day count since 1970-01-01 (proleptic Gregorian).
+fn civil_from_days(days: i64) -> (i64, u64, u64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u64;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u64;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
 }
 
 /// Accumulates envelope lines for one segment.
@@ -171,6 +204,23 @@ mod tests {
         assert_eq!(got.len(), 2);
         assert_eq!(seg.count, 2);
         assert_eq!(at.hour_partition(), "dt=2026-11-24/hr=13");
+    }
+
+    #[test]
+    fn formats_like_chrono_across_dates() {
+        for millis in [
+            0i64,
+            951_782_400_123,
+            1_795_000_000_999,
+            4_102_444_799_999,
+            1_709_164_800_000,
+        ] {
+            let chrono = DateTime::from_timestamp_millis(millis)
+                .unwrap()
+                .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+                .to_string();
+            assert_eq!(ReceivedAt::from_millis(millis).as_str(), chrono);
+        }
     }
 
     #[test]

@@ -27,15 +27,22 @@ fn route_label(method: &Method, path: &str) -> &'static str {
     }
 }
 
+/// The in-flight gauge, registered once (it is touched twice per request).
+fn inflight() -> &'static metrics::Gauge {
+    static GAUGE: std::sync::OnceLock<metrics::Gauge> = std::sync::OnceLock::new();
+    GAUGE.get_or_init(|| metrics::gauge!("sluice_inflight_requests"))
+}
+
 pub async fn route(
     app: Arc<App>,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let started = Instant::now();
     let label = route_label(req.method(), req.uri().path());
-    metrics::gauge!("sluice_inflight_requests").increment(1.0);
+    let inflight = inflight();
+    inflight.increment(1.0);
     let resp = dispatch(&app, req).await.unwrap_or_else(|p| p.response());
-    metrics::gauge!("sluice_inflight_requests").decrement(1.0);
+    inflight.decrement(1.0);
     let status = resp.status().as_u16().to_string();
     metrics::counter!("sluice_http_requests_total", "route" => label, "status" => status)
         .increment(1);
