@@ -12,12 +12,21 @@ use sluice::store::Store;
 
 const PAGEVIEW: &str = include_str!("../../shared/bench/pageview-1.json");
 
+/// `events` distinct page views (own user id and session each), so the
+/// stored size is what real traffic compresses to, not a run of repeats.
 fn segment(events: usize) -> Segment {
     let at = ReceivedAt::now();
-    let event = PAGEVIEW.trim().as_bytes();
+    let template = PAGEVIEW.trim();
     let mut b = SegmentBuilder::default();
-    for _ in 0..events {
-        b.push(at, event);
+    for i in 0..events {
+        let event = template
+            .replacen("u000000", &format!("u{:06}", i * 7_919 % 1_000_000), 1)
+            .replacen(
+                "abcdef0123456789",
+                &format!("{:016x}", (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)),
+                1,
+            );
+        b.push(at, event.as_bytes());
     }
     b.seal(1).expect("seal").expect("non-empty")
 }

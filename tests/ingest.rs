@@ -480,3 +480,68 @@ async fn huge_headers_get_431() {
     assert_eq!(resp.status().as_u16(), 431);
     gw.stop().await;
 }
+
+/// `max_events` and `max_bytes` flush without waiting for `max_age`, and a
+/// request's events are never split across segments.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn size_triggers_flush_before_max_age() {
+    let store = memory();
+    let mut config = test_config();
+    config.batch.max_age_ms = 3_600_000; // an hour: only size can flush in time
+    config.batch.max_events = 4;
+    config.batch.max_bytes = 2_000;
+    let gw = TestGateway::start(config, store.clone()).await;
+    let client = reqwest::Client::new();
+    let url = gw.url("/v1/streams/sized/events");
+    let three = br#"[{"a":1},{"a":2},{"a":3}]"#.to_vec();
+    let first = tokio::spawn({
+        let (client, url, body) = (client.clone(), url.clone(), three.clone());
+        async move { post(&client, &url, &[], body).await }
+    });
+    // Wait (bounded) until the first request is buffered, then send the second:
+    // 3 + 3 > max_events flushes the first on its own.
+    let metrics_url = gw.url("/metrics");
+    let mut buffered = false;
+    for _ in 0..2_000 {
+        let text = client
+            .get(&metrics_url)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        buffered = text.contains(r#"sluice_events_total{stream="sized",outcome="accepted"} 3"#);
+        if buffered {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert!(buffered, "the first request never reached the buffer");
+    let (s2, _, _) = post(&client, &url, &[("prefer", "respond-async")], three).await;
+    assert_eq!(s2, 202);
+    let (s1, j1, _) = tokio::time::timeout(Duration::from_secs(10), first)
+        .await
+        .expect("max_events did not flush")
+        .unwrap();
+    assert_eq!((s1, j1["accepted"].as_u64()), (200, Some(3)), "{j1}");
+    // One event past max_bytes flushes at once.
+    let big = format!(r#"{{"pad":"{}"}}"#, "x".repeat(2_100)).into_bytes();
+    let sized = tokio::time::timeout(Duration::from_secs(10), post(&client, &url, &[], big)).await;
+    assert_eq!(sized.expect("max_bytes did not flush").0, 200);
+    gw.stop().await;
+    let p = j1["partition"].as_u64().unwrap() as u32;
+    let log = sluice::log::Log::new(store.clone(), "r", Default::default());
+    let s = log.stream("default", "sized");
+    let counts: Vec<u64> = {
+        let mut v = Vec::new();
+        let mut seq = 0;
+        while let Some(r) = log.record(&s, p, seq).await.unwrap() {
+            v.push(r.count);
+            seq += 1;
+        }
+        v
+    };
+    // The async three and the big one share the second segment (3 + 1 <= max_events).
+    assert_eq!(counts, vec![3, 4], "each request whole, never split");
+}
