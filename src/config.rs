@@ -46,13 +46,16 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Connections the kernel queues before accept (capped by `net.core.somaxconn`).
     pub listen_backlog: u32,
-    /// Time a client has to send a request's headers (slowloris guard).
+    /// Time a client has to send a request's headers (slowloris guard). hyper
+    /// starts this clock whenever a connection waits for a request, so it is
+    /// also the idle keep-alive timeout.
     pub header_read_timeout_ms: u64,
-    /// An idle keep-alive connection is closed after this long without a request.
-    pub idle_timeout_ms: u64,
+    /// Time a client has to send the whole request body once its headers arrived.
+    pub body_read_timeout_ms: u64,
     /// Largest request head (start line and headers); larger gets 431.
     pub max_header_bytes: usize,
-    /// On SIGTERM, how long in-flight requests and the final flush may take.
+    /// On SIGTERM, how long in-flight requests may take, and then again how
+    /// long the final flush may take.
     pub drain_timeout_ms: u64,
 }
 
@@ -124,7 +127,7 @@ impl Default for ServerConfig {
             max_connections: 10_000,
             listen_backlog: 4096,
             header_read_timeout_ms: 10_000,
-            idle_timeout_ms: 60_000,
+            body_read_timeout_ms: 30_000,
             max_header_bytes: 16 * 1024,
             drain_timeout_ms: 30_000,
         }
@@ -175,8 +178,8 @@ impl ServerConfig {
     pub fn header_read_timeout(&self) -> Duration {
         ms(self.header_read_timeout_ms)
     }
-    pub fn idle_timeout(&self) -> Duration {
-        ms(self.idle_timeout_ms)
+    pub fn body_read_timeout(&self) -> Duration {
+        ms(self.body_read_timeout_ms)
     }
     pub fn drain_timeout(&self) -> Duration {
         ms(self.drain_timeout_ms)

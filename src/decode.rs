@@ -185,14 +185,10 @@ fn split_json(body: &Bytes, limits: &Limits) -> Result<Decoded, DecodeError> {
     match trimmed.first() {
         None => return Err(DecodeError::Empty),
         Some(b'[') => {
-            let items: Vec<&RawValue> =
-                serde_json::from_slice(body).map_err(|e| DecodeError::Malformed(e.to_string()))?;
-            if items.len() > limits.max_events_per_request {
-                return Err(DecodeError::TooManyEvents {
-                    limit: limits.max_events_per_request,
-                });
-            }
-            for (index, raw) in items.into_iter().enumerate() {
+            for (index, raw) in capped_array(body, limits.max_events_per_request)?
+                .into_iter()
+                .enumerate()
+            {
                 out.check(index, body, slice_of(body, raw.get().as_bytes()), limits);
             }
         }
@@ -203,6 +199,45 @@ fn split_json(body: &Bytes, limits: &Limits) -> Result<Decoded, DecodeError> {
         }
     }
     Ok(out)
+}
+
+/// Parse a JSON array of raw values, refusing as soon as it holds more than
+/// `max` items: a body of a million tiny items never becomes a million-entry
+/// vector.
+fn capped_array(body: &[u8], max: usize) -> Result<Vec<&RawValue>, DecodeError> {
+    struct Capped<'a> {
+        max: usize,
+        over: &'a std::cell::Cell<bool>,
+    }
+    impl<'de> serde::de::Visitor<'de> for Capped<'_> {
+        type Value = Vec<&'de RawValue>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON array")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(self.max));
+            while let Some(item) = seq.next_element::<&RawValue>()? {
+                if items.len() == self.max {
+                    self.over.set(true);
+                    return Err(serde::de::Error::custom("too many events"));
+                }
+                items.push(item);
+            }
+            Ok(items)
+        }
+    }
+    let over = std::cell::Cell::new(false);
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let parsed = serde::Deserializer::deserialize_seq(&mut de, Capped { max, over: &over })
+        .and_then(|items| de.end().map(|()| items));
+    match parsed {
+        Ok(items) => Ok(items),
+        Err(_) if over.get() => Err(DecodeError::TooManyEvents { limit: max }),
+        Err(e) => Err(DecodeError::Malformed(e.to_string())),
+    }
 }
 
 fn split_ndjson(body: &Bytes, limits: &Limits) -> Result<Decoded, DecodeError> {

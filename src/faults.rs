@@ -27,6 +27,8 @@ pub enum Fault {
     FailAfter,
     /// Wait, then write.
     Delay(Duration),
+    /// Wait until [`FaultyStore::release`] is called, then write.
+    Hold,
 }
 
 #[derive(Debug, Clone)]
@@ -50,6 +52,7 @@ pub struct Counts {
 pub struct FaultyStore {
     inner: Arc<dyn ObjectStore>,
     rules: Mutex<Vec<Rule>>,
+    gate: tokio::sync::Semaphore,
     pub counts: Counts,
 }
 
@@ -58,6 +61,7 @@ impl FaultyStore {
         FaultyStore {
             inner,
             rules: Mutex::new(Vec::new()),
+            gate: tokio::sync::Semaphore::new(0),
             counts: Counts::default(),
         }
     }
@@ -72,6 +76,12 @@ impl FaultyStore {
                 fault,
                 remaining: times,
             });
+    }
+
+    /// Let every held PUT (and every later one) through.
+    pub fn release(&self) {
+        self.gate
+            .add_permits(tokio::sync::Semaphore::MAX_PERMITS / 2);
     }
 
     /// Drop every rule not yet used up.
@@ -128,6 +138,11 @@ impl ObjectStore for FaultyStore {
             }
             Some(Fault::Delay(d)) => {
                 tokio::time::sleep(d).await;
+                self.inner.put_opts(location, payload, opts).await
+            }
+            Some(Fault::Hold) => {
+                // Closed only if the store is dropped; then just write.
+                let _permit = self.gate.acquire().await;
                 self.inner.put_opts(location, payload, opts).await
             }
             None => self.inner.put_opts(location, payload, opts).await,

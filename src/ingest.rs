@@ -50,11 +50,8 @@ pub async fn handle(
     let body = read_body(app, req).await?;
     let at = ReceivedAt::now();
     let limits = &app.config.limits;
-    let decoded = decode::split(
-        &decode::decompress(body, encoding, limits.max_decoded_bytes)?,
-        format,
-        limits,
-    )?;
+    let raw = decode::decompress(body, encoding, limits.max_decoded_bytes)?;
+    let decoded = decode::split(&raw, format, limits)?;
     let (accepted, rejected) = (decoded.events.len(), decoded.rejected.len());
     let (errors, omitted) = report(&decoded);
     if rejected > 0 {
@@ -70,13 +67,17 @@ pub async fn handle(
         (p.errors, p.errors_omitted) = (errors, omitted);
         return Err(p);
     }
+    // One deadline covers waiting for queue room and for the commit.
+    let deadline = tokio::time::Instant::now() + app.config.batch.ack_timeout();
+    let wait = app.config.batch.ack_timeout();
     let rx = app
         .batcher
-        .submit(stream, decoded.events, at, durable)
+        .submit(stream, decoded.events, raw.len(), at, durable, wait)
         .await?;
+    drop(raw);
     let ack = match rx {
         None => None,
-        Some(rx) => Some(wait_for_ack(app, rx).await?),
+        Some(rx) => Some(wait_for_ack(app, rx, deadline).await?),
     };
     let body = Accepted {
         accepted,
@@ -139,7 +140,21 @@ async fn read_body(app: &App, req: Request<Incoming>) -> Result<Bytes, Problem> 
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
-    match Limited::new(req.into_body(), limit).collect().await {
+    let timeout = app.config.server.body_read_timeout();
+    let collected = tokio::time::timeout(timeout, Limited::new(req.into_body(), limit).collect())
+        .await
+        .map_err(|_| {
+            Problem::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body-timeout",
+                "Request timeout",
+                format!(
+                    "the body did not arrive within {} ms (server.body_read_timeout_ms)",
+                    timeout.as_millis()
+                ),
+            )
+        })?;
+    match collected {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
         Err(e) => Err(Problem::bad_request(
@@ -164,9 +179,13 @@ fn report(decoded: &Decoded) -> (Vec<EventError>, usize) {
     (errors, omitted)
 }
 
-async fn wait_for_ack(app: &App, rx: crate::batch::AckReceiver) -> Result<Ack, Problem> {
+async fn wait_for_ack(
+    app: &App,
+    rx: crate::batch::AckReceiver,
+    deadline: tokio::time::Instant,
+) -> Result<Ack, Problem> {
     let limit = app.config.batch.ack_timeout();
-    match tokio::time::timeout(limit, rx).await {
+    match tokio::time::timeout_at(deadline, rx).await {
         Ok(Ok(Ok(ack))) => Ok(ack),
         Ok(Ok(Err(e))) => Err(Problem::new(
             StatusCode::INTERNAL_SERVER_ERROR,

@@ -349,7 +349,8 @@ async fn concurrent_requests_share_segments() {
 async fn memory_budget_sheds_load_without_dropping() {
     let inner = memory();
     let faulty = Arc::new(FaultyStore::new(inner.inner.clone()));
-    faulty.inject("/log/", Fault::Delay(Duration::from_millis(500)), 1);
+    // The first commit is held until the test lets it go: its bytes stay buffered.
+    faulty.inject("/log/", Fault::Hold, 1);
     let store = Store::from_parts(faulty.clone(), "", StoreKind::Memory);
     let mut config = test_config();
     config.batch.memory_budget_bytes = 300;
@@ -364,6 +365,7 @@ async fn memory_budget_sheds_load_without_dropping() {
     assert_eq!(s2, 503, "{j2}");
     assert_eq!(j2["type"], "urn:sluice:problem:overloaded");
     assert_eq!(h2["retry-after"], "1");
+    faulty.release();
     gw.stop().await;
     let mut n = 0;
     for p in 0..4 {
@@ -525,9 +527,11 @@ async fn size_triggers_flush_before_max_age() {
         .expect("max_events did not flush")
         .unwrap();
     assert_eq!((s1, j1["accepted"].as_u64()), (200, Some(3)), "{j1}");
-    // One event past max_bytes flushes at once.
+    // One event past max_bytes, into an empty buffer, flushes at once.
     let big = format!(r#"{{"pad":"{}"}}"#, "x".repeat(2_100)).into_bytes();
-    let sized = tokio::time::timeout(Duration::from_secs(10), post(&client, &url, &[], big)).await;
+    let big_url = gw.url("/v1/streams/sized-bytes/events");
+    let sized =
+        tokio::time::timeout(Duration::from_secs(10), post(&client, &big_url, &[], big)).await;
     assert_eq!(sized.expect("max_bytes did not flush").0, 200);
     gw.stop().await;
     let p = j1["partition"].as_u64().unwrap() as u32;
@@ -542,6 +546,84 @@ async fn size_triggers_flush_before_max_age() {
         }
         v
     };
-    // The async three and the big one share the second segment (3 + 1 <= max_events).
-    assert_eq!(counts, vec![3, 4], "each request whole, never split");
+    assert_eq!(counts, vec![3, 3], "each request whole, never split");
+}
+
+/// The record lands but the gateway is told it failed until the deadline: the
+/// client gets 503, the retried commit finds its own record, and the event is
+/// in the log exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ambiguous_commit_is_never_duplicated() {
+    let inner = memory();
+    let faulty = Arc::new(FaultyStore::new(inner.inner.clone()));
+    faulty.inject("/log/", Fault::FailAfter, 1);
+    faulty.inject("/log/", Fault::FailBefore, 1_000_000);
+    let store = Store::from_parts(faulty.clone(), "", StoreKind::Memory);
+    let mut config = test_config();
+    config.batch.ack_timeout_ms = 1_000;
+    config.streams.partitions = 1;
+    let gw = TestGateway::start(config, store.clone()).await;
+    let client = reqwest::Client::new();
+    let url = gw.url("/v1/streams/ambiguous/events");
+    let (status, json, _) = post(&client, &url, &[], br#"{"a":1}"#.to_vec()).await;
+    assert_eq!(status, 503, "{json}");
+    faulty.clear();
+    let (status, json, _) = post(&client, &url, &[], br#"{"b":2}"#.to_vec()).await;
+    assert_eq!(status, 200, "{json}");
+    assert_eq!(
+        json["first_offset"], 1,
+        "the first event holds offset 0, once"
+    );
+    gw.stop().await;
+    let events: Vec<String> = read_partition(&store, "ambiguous", 0)
+        .await
+        .iter()
+        .map(|e| event_of(e))
+        .collect();
+    assert_eq!(events, vec![r#"{"a":1}"#, r#"{"b":2}"#]);
+}
+
+/// A client that sends headers and then stalls its body gets 408, and a
+/// stuck connection does not stop the shutdown flush of accepted events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_body_times_out_and_shutdown_still_flushes() {
+    let store = memory();
+    let mut config = test_config();
+    // The stuck client outlasts the drain's first phase.
+    config.server.body_read_timeout_ms = 1_500;
+    config.server.drain_timeout_ms = 200;
+    config.batch.max_age_ms = 3_600_000;
+    let gw = TestGateway::start(config, store.clone()).await;
+    let head = "POST /v1/streams/stall/events HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{";
+    let mut timed = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    timed.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = vec![0u8; 512];
+    let n = tokio::time::timeout(Duration::from_secs(10), timed.read(&mut answer))
+        .await
+        .expect("no answer to a stalled body")
+        .unwrap();
+    assert!(String::from_utf8_lossy(&answer[..n]).starts_with("HTTP/1.1 408"));
+
+    let client = reqwest::Client::new();
+    let (s, _, _) = post(
+        &client,
+        &gw.url("/v1/streams/stall/events"),
+        &[("prefer", "respond-async")],
+        br#"{"kept":1}"#.to_vec(),
+    )
+    .await;
+    assert_eq!(s, 202);
+    // A second stalled body holds its connection open through the drain.
+    let mut stuck = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    stuck.write_all(head.as_bytes()).await.unwrap();
+    gw.stop().await;
+    let events = read_partition(&store, "stall", 0).await.len()
+        + read_partition(&store, "stall", 1).await.len()
+        + read_partition(&store, "stall", 2).await.len()
+        + read_partition(&store, "stall", 3).await.len();
+    assert_eq!(
+        events, 1,
+        "the async event was flushed despite the stuck client"
+    );
+    drop(stuck);
 }

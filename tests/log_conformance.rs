@@ -237,6 +237,25 @@ async fn ambiguous_record_put_never_duplicates(b: Backend) {
     assert_eq!(read.events.len(), 4);
 }
 
+/// A writer's very first commit on a partition (head not yet known) lands but
+/// is reported failed until the deadline; the retry of that segment must find
+/// its own record, not commit it again.
+async fn ambiguous_first_commit_of_a_cold_writer(b: Backend) {
+    let place = Place::new(b);
+    let faulty = Arc::new(FaultyStore::new(place.client()));
+    let log = Log::new(place.store_of(faulty.clone()), "w1", fast_policy());
+    let s = log.stream("t", "s");
+    faulty.inject("/log/", Fault::FailAfter, 1);
+    faulty.inject("/log/", Fault::FailBefore, 1000);
+    let seg = segment(&events("a", 2));
+    let seg_name = name();
+    assert!(log.append(&s, 0, &seg, &seg_name).await.is_err());
+    faulty.clear();
+    let again = log.append(&s, 0, &seg, &seg_name).await.unwrap();
+    assert_eq!((again.seq, again.first_offset), (0, 0));
+    assert_eq!(count_objects(&log, &s, "log").await, 1, "committed once");
+}
+
 /// Several writers (own ids, own store clients) append to one partition at once.
 async fn concurrent_writers_keep_offsets_dense(b: Backend, writers: usize, appends: usize) {
     let place = Arc::new(Place::new(b));
@@ -339,6 +358,11 @@ macro_rules! conformance {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn ambiguous_record_put() {
                 ambiguous_record_put_never_duplicates($backend).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn ambiguous_first_commit() {
+                ambiguous_first_commit_of_a_cold_writer($backend).await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

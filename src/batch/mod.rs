@@ -10,10 +10,10 @@ mod stream;
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::config::{BatchConfig, StreamsConfig};
@@ -71,12 +71,14 @@ pub struct Batcher {
     budget: Arc<Budget>,
     streams: RwLock<Option<HashMap<String, Arc<StreamEntry>>>>,
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
+    closing: watch::Sender<bool>,
 }
 
 /// A running stream: its queue and its metric handles (registered once).
 struct StreamEntry {
     tx: mpsc::Sender<Submission>,
     accepted: metrics::Counter,
+    bytes: metrics::Counter,
 }
 
 /// Bytes a submission holds in memory: event bytes plus envelope overhead.
@@ -94,6 +96,7 @@ impl Batcher {
             streams_config: streams,
             streams: RwLock::new(Some(HashMap::new())),
             tasks: std::sync::Mutex::new(Vec::new()),
+            closing: watch::channel(false).0,
         }
     }
 
@@ -101,28 +104,36 @@ impl Batcher {
         &self.budget
     }
 
-    /// Queue a request's events for `stream`. With `durable`, the returned
-    /// receiver yields their offsets once committed.
+    /// Queue a request's events for `stream`. `held` is the bytes the events
+    /// keep alive until they are copied into a segment (the decoded body they
+    /// are slices of). With `durable`, the receiver yields their offsets once
+    /// committed.
+    ///
+    /// Waits at most `wait` for room in the stream's queue, then answers
+    /// `Overloaded`. Nothing is reserved across an `.await`, so a client that
+    /// goes away mid-call leaks no budget.
     pub async fn submit(
         &self,
         stream: &str,
         events: Vec<Bytes>,
+        held: usize,
         at: ReceivedAt,
         durable: bool,
+        wait: Duration,
     ) -> Result<Option<AckReceiver>, SubmitError> {
-        let reserved = footprint(&events);
-        if !self.budget.try_reserve(reserved) {
-            return Err(SubmitError::Overloaded {
-                limit: self.budget.limit(),
-            });
-        }
-        let entry = match self.entry(stream) {
-            Ok(s) => s,
-            Err(e) => {
-                self.budget.release(reserved);
-                return Err(e);
-            }
+        let entry = self.entry(stream)?;
+        let overloaded = SubmitError::Overloaded {
+            limit: self.budget.limit(),
         };
+        let permit = match tokio::time::timeout(wait, entry.tx.reserve()).await {
+            Ok(Ok(permit)) => permit,
+            Ok(Err(_)) => return Err(SubmitError::Draining),
+            Err(_) => return Err(overloaded),
+        };
+        let reserved = held.max(footprint(&events));
+        if !self.budget.try_reserve(reserved, events.len()) {
+            return Err(overloaded);
+        }
         let (ack, rx) = match durable {
             true => {
                 let (tx, rx) = oneshot::channel();
@@ -130,19 +141,19 @@ impl Batcher {
             }
             false => (None, None),
         };
-        let sub = Submission {
+        let (count, bytes) = (
+            events.len() as u64,
+            events.iter().map(Bytes::len).sum::<usize>(),
+        );
+        permit.send(Submission {
             events,
             at,
             reserved,
             received: Instant::now(),
             ack,
-        };
-        let count = sub.events.len() as u64;
-        if entry.tx.send(sub).await.is_err() {
-            self.budget.release(reserved);
-            return Err(SubmitError::Draining);
-        }
+        });
         entry.accepted.increment(count);
+        entry.bytes.increment(bytes as u64);
         Ok(rx)
     }
 
@@ -196,6 +207,7 @@ impl Batcher {
             config: self.config.clone(),
             budget: self.budget.clone(),
             chooser: PartitionChooser::new(self.log.writer(), self.streams_config.partitions),
+            closing: self.closing.subscribe(),
         };
         let handle = tokio::spawn(task.run(rx));
         self.tasks
@@ -205,7 +217,8 @@ impl Batcher {
         let label = stream.to_string();
         StreamEntry {
             tx,
-            accepted: metrics::counter!("sluice_events_total", "stream" => label, "outcome" => "accepted"),
+            accepted: metrics::counter!("sluice_events_total", "stream" => label.clone(), "outcome" => "accepted"),
+            bytes: metrics::counter!("sluice_ingest_bytes_total", "stream" => label),
         }
     }
 
@@ -216,6 +229,7 @@ impl Batcher {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .take();
+        self.closing.send_replace(true);
         let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
         for t in tasks {
             let _ = t.await;

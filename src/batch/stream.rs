@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::Instant as StdInstant;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{sleep_until, Instant};
 
 use super::budget::Budget;
@@ -19,7 +19,7 @@ use crate::config::BatchConfig;
 use crate::log::partition::PartitionChooser;
 use crate::log::record::StreamPath;
 use crate::log::segment::{Segment, SegmentBuilder};
-use crate::log::Log;
+use crate::log::{Log, LogError};
 
 /// Segments smaller than this are compressed inline, larger on a blocking thread.
 const INLINE_SEAL_BYTES: usize = 256 * 1024;
@@ -44,11 +44,14 @@ pub(super) struct StreamTask {
     pub config: BatchConfig,
     pub budget: Arc<Budget>,
     pub chooser: PartitionChooser,
+    /// Turns true on shutdown: stop taking submissions, flush, return.
+    pub closing: watch::Receiver<bool>,
 }
 
 impl StreamTask {
     /// Run until `rx` closes, then flush what is left and return when committed.
     pub async fn run(self, mut rx: mpsc::Receiver<Submission>) {
+        let mut closing = self.closing.clone();
         let (tx_commit, rx_commit) = mpsc::channel::<Pending>(1);
         let committer = tokio::spawn(Committer::from(&self).run(rx_commit));
         let mut pending = self.empty();
@@ -56,6 +59,12 @@ impl StreamTask {
         loop {
             let next = tokio::select! {
                 sub = rx.recv() => sub,
+                // Closing the queue fails new sends; what is queued still
+                // arrives, then `recv` ends the loop.
+                _ = async { closing.wait_for(|c| *c).await.map(|_| ()) }, if !rx.is_closed() => {
+                    rx.close();
+                    continue;
+                }
                 _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
                     deadline = None;
                     self.seal(&mut pending, &tx_commit).await;
@@ -96,7 +105,6 @@ impl StreamTask {
             return;
         }
         let full = std::mem::replace(pending, self.empty());
-        metrics::gauge!("sluice_buffered_events", "stream" => self.name.clone()).set(0.0);
         // A closed committer only happens if it panicked; its waiters then see
         // their ack channel close and answer 503.
         let _ = tx.send(full).await;
@@ -143,9 +151,9 @@ impl From<&StreamTask> for Committer {
 impl Committer {
     async fn run(mut self, mut rx: mpsc::Receiver<Pending>) {
         while let Some(p) = rx.recv().await {
-            let reserved = p.reserved;
+            let (reserved, events) = (p.reserved, p.builder.count() as usize);
             self.commit(p).await;
-            self.budget.release(reserved);
+            self.budget.release(reserved, events);
         }
     }
 
@@ -160,7 +168,7 @@ impl Committer {
         };
         let name = ulid::Ulid::new().to_string().to_ascii_lowercase();
         let mut backoff = std::time::Duration::from_millis(50);
-        let partition = self.chooser.current();
+        let mut partition = self.chooser.current();
         let appended = loop {
             match self
                 .log
@@ -168,6 +176,15 @@ impl Committer {
                 .await
             {
                 Ok(a) => break a,
+                Err(e @ LogError::Corrupt { .. }) => {
+                    // The record at our seq is someone else's and unreadable:
+                    // ours did not land there, so another partition is safe.
+                    tracing::error!(stream = %self.name, partition, error = %e, "partition unusable; moving");
+                    self.chooser.skip();
+                    partition = self.chooser.current();
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(std::time::Duration::from_secs(2));
+                }
                 Err(e) => {
                     // Same segment, same partition: a retry finds its own record.
                     tracing::error!(stream = %self.name, error = %e, "commit failed; retrying");

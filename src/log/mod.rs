@@ -141,6 +141,9 @@ impl Log {
             Some(h) => h,
             None => self.discover(stream, partition).await?,
         };
+        // Cache it now: if the record PUT below lands but reports failure, a
+        // retry of this segment must try the same seq and find its own record.
+        *guard = Some(head);
         let mut conflicts = 0;
         loop {
             let record = CommitRecord {
@@ -253,18 +256,12 @@ impl Log {
             })
     }
 
-    /// The partition's current head, found in O(log n) requests and then cached.
+    /// The partition's current head, found in O(log n) requests.
+    ///
+    /// A read: it never moves this writer's cached head, which only the
+    /// commit path advances (so a retried segment still finds its own record).
     pub async fn head(&self, stream: &StreamPath, partition: u32) -> Result<Head, LogError> {
-        let slot = self.head_slot((stream.clone(), partition));
-        let mut guard = slot.lock().await;
-        let head = self.discover(stream, partition).await?;
-        *guard = Some(head);
-        Ok(head)
-    }
-
-    /// Forget cached heads (a writer restarting against an existing log).
-    pub fn forget_heads(&self) {
-        self.heads.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.discover(stream, partition).await
     }
 }
 

@@ -32,6 +32,12 @@ impl PartitionChooser {
         self.current
     }
 
+    /// Move to the next partition now (the current one cannot be used).
+    pub fn skip(&mut self) {
+        self.current = (self.current + 1) % self.partitions;
+        self.streak = 0;
+    }
+
     /// Record how many races the last commit lost; move away after a streak.
     pub fn observe(&mut self, conflicts: u32) {
         if conflicts == 0 {
@@ -39,9 +45,8 @@ impl PartitionChooser {
             return;
         }
         self.streak += conflicts;
-        if self.streak >= MOVE_AFTER_CONFLICTS && self.partitions > 1 {
-            self.current = (self.current + 1) % self.partitions;
-            self.streak = 0;
+        if self.streak >= MOVE_AFTER_CONFLICTS {
+            self.skip();
         }
     }
 }
