@@ -10,7 +10,7 @@ use sluice::log::segment::{ReceivedAt, Segment, SegmentBuilder};
 use sluice::log::Log;
 use sluice::store::Store;
 
-const PAGEVIEW: &str = include_str!("../../shared/bench/pageview-1.json");
+const PAGEVIEW: &str = include_str!("data/pageview-1.json");
 
 /// `events` distinct page views (own user id and session each), so the
 /// stored size is what real traffic compresses to, not a run of repeats.

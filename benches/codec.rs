@@ -11,7 +11,7 @@ use sluice::config::Limits;
 use sluice::decode::{self, Encoding, Format};
 use sluice::log::segment::{ReceivedAt, SegmentBuilder};
 
-const PAGEVIEW_100: &str = include_str!("../../shared/bench/pageview-100.json");
+const PAGEVIEW_100: &str = include_str!("data/pageview-100.json");
 
 /// 100 page views as separate event byte strings (~300 bytes each).
 fn events() -> Vec<Bytes> {

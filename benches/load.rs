@@ -31,13 +31,10 @@ use bytes::Bytes;
 use plan::{BodyKind, Plan, Scenario};
 use report::Row;
 
-const BODY_1_PATH: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../shared/bench/pageview-1.json"
-);
+const BODY_1_PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/data/pageview-1.json");
 const BODY_100_PATH: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../shared/bench/pageview-100.json"
+    "/benches/data/pageview-100.json"
 );
 
 fn main() {
@@ -71,7 +68,7 @@ struct Body {
 impl Body {
     fn load(path: &str) -> Body {
         let bytes = std::fs::read(path).unwrap_or_else(|e| {
-            panic!("cannot read the benchmark body {path}: {e} (shared/bench/ must sit beside the repo)")
+            panic!("cannot read the benchmark body {path}: {e} (benches/data/ holds the shared page-view bodies)")
         });
         let value: serde_json::Value = serde_json::from_slice(&bytes)
             .unwrap_or_else(|e| panic!("the benchmark body {path} is not JSON: {e}"));

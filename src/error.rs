@@ -4,8 +4,9 @@
 //! the `From` impls here are the single, exhaustive map to HTTP.
 
 use bytes::Bytes;
+
+use crate::body::Body;
 use http::{header, Response, StatusCode};
-use http_body_util::Full;
 use serde::Serialize;
 
 use crate::batch::SubmitError;
@@ -38,7 +39,7 @@ pub struct Problem {
 }
 
 #[derive(Serialize)]
-struct Body<'a> {
+struct Wire<'a> {
     #[serde(rename = "type")]
     kind: String,
     title: &'a str,
@@ -104,8 +105,8 @@ impl Problem {
         .retry_after(1)
     }
 
-    pub fn response(&self) -> Response<Full<Bytes>> {
-        let body = Body {
+    pub fn response(&self) -> Response<Body> {
+        let body = Wire {
             kind: format!("{TYPE_PREFIX}{}", self.kind),
             title: self.title,
             status: self.status.as_u16(),
@@ -114,7 +115,7 @@ impl Problem {
             errors_omitted: self.errors_omitted,
         };
         let json = serde_json::to_vec(&body).unwrap_or_default();
-        let mut resp = Response::new(Full::new(Bytes::from(json)));
+        let mut resp = Response::new(crate::body::full(Bytes::from(json)));
         *resp.status_mut() = self.status;
         let headers = resp.headers_mut();
         headers.insert(

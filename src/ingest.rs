@@ -7,8 +7,10 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+
+use crate::body::Body;
 use http::{header, HeaderMap, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde::Serialize;
 
@@ -42,7 +44,7 @@ pub async fn handle(
     app: &Arc<App>,
     stream: &str,
     req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Problem> {
+) -> Result<Response<Body>, Problem> {
     check_stream_name(app, stream)?;
     let durable = !wants_async(&req);
     let format = Format::from_content_type(header_str(req.headers(), header::CONTENT_TYPE))?;
@@ -208,9 +210,9 @@ async fn wait_for_ack(
 }
 
 /// A JSON response.
-pub fn json(status: StatusCode, body: &impl Serialize) -> Response<Full<Bytes>> {
+pub fn json(status: StatusCode, body: &impl Serialize) -> Response<Body> {
     let bytes = serde_json::to_vec(body).unwrap_or_default();
-    let mut resp = Response::new(Full::new(Bytes::from(bytes)));
+    let mut resp = Response::new(crate::body::full(Bytes::from(bytes)));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

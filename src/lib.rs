@@ -13,6 +13,7 @@
 //! [`faults`] (a fault-injecting store for tests).
 
 pub mod batch;
+pub mod body;
 pub mod config;
 pub mod decode;
 pub mod error;

@@ -7,8 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+
+use crate::body::Body;
 use http::{header, Method, Request, Response, StatusCode};
-use http_body_util::Full;
 use hyper::body::Incoming;
 use object_store::ObjectStoreExt;
 
@@ -33,10 +34,7 @@ fn inflight() -> &'static metrics::Gauge {
     GAUGE.get_or_init(|| metrics::gauge!("sluice_inflight_requests"))
 }
 
-pub async fn route(
-    app: Arc<App>,
-    req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+pub async fn route(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let started = Instant::now();
     let label = route_label(req.method(), req.uri().path());
     let inflight = inflight();
@@ -51,10 +49,7 @@ pub async fn route(
     Ok(resp)
 }
 
-async fn dispatch(
-    app: &Arc<App>,
-    req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Problem> {
+async fn dispatch(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, Problem> {
     let path = req.uri().path().to_string();
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match (req.method(), segments.as_slice()) {
@@ -79,8 +74,8 @@ async fn dispatch(
     }
 }
 
-fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut resp = Response::new(crate::body::full(Bytes::from_static(body.as_bytes())));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -90,7 +85,7 @@ fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
 }
 
 /// Ready when not draining and the store answers a HEAD within a second.
-async fn readyz(app: &Arc<App>) -> Response<Full<Bytes>> {
+async fn readyz(app: &Arc<App>) -> Response<Body> {
     if app.is_draining() {
         return Problem::unavailable("draining", "the gateway is shutting down").response();
     }
@@ -111,8 +106,8 @@ async fn readyz(app: &Arc<App>) -> Response<Full<Bytes>> {
     }
 }
 
-fn metrics(app: &Arc<App>) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(Bytes::from(app.metrics.render())));
+fn metrics(app: &Arc<App>) -> Response<Body> {
+    let mut resp = Response::new(crate::body::full(Bytes::from(app.metrics.render())));
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         header::HeaderValue::from_static("text/plain; version=0.0.4"),
