@@ -36,9 +36,31 @@ pub struct Config {
     pub limits: Limits,
     pub batch: BatchConfig,
     pub streams: StreamsConfig,
+    pub read: ReadConfig,
 }
 
-/// Connection hygiene.
+/// Readers: tailing, long-poll, Server-Sent Events.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReadConfig {
+    /// How often a followed partition is polled while records keep arriving.
+    pub poll_interval_ms: u64,
+    /// Idle polling backs off up to this: an idle partition costs about one
+    /// GET per this interval per gateway, however many readers it has.
+    pub idle_poll_max_ms: u64,
+    /// A partition nobody reads is no longer followed after this long.
+    pub linger_ms: u64,
+    /// Decompressed segments kept for readers, in bytes.
+    pub cache_bytes: usize,
+    /// Most partitions followed at once by one gateway.
+    pub max_tailers: usize,
+    /// Longest `wait` a long-poll may ask for.
+    pub max_wait_ms: u64,
+    /// Most events one read returns (`limit`).
+    pub max_events_per_read: usize,
+    /// Most Server-Sent-Events connections at once; more get 503.
+    pub max_subscribers: usize,
+}
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
@@ -117,7 +139,38 @@ impl Default for Config {
             limits: Limits::default(),
             batch: BatchConfig::default(),
             streams: StreamsConfig::default(),
+            read: ReadConfig::default(),
         }
+    }
+}
+
+impl Default for ReadConfig {
+    fn default() -> Self {
+        ReadConfig {
+            poll_interval_ms: 50,
+            idle_poll_max_ms: 1_000,
+            linger_ms: 60_000,
+            cache_bytes: 64 * 1024 * 1024,
+            max_tailers: 4_096,
+            max_wait_ms: 30_000,
+            max_events_per_read: 10_000,
+            max_subscribers: 1_000,
+        }
+    }
+}
+
+impl ReadConfig {
+    pub fn poll_interval(&self) -> Duration {
+        ms(self.poll_interval_ms)
+    }
+    pub fn idle_poll_max(&self) -> Duration {
+        ms(self.idle_poll_max_ms.max(self.poll_interval_ms))
+    }
+    pub fn linger(&self) -> Duration {
+        ms(self.linger_ms)
+    }
+    pub fn max_wait(&self) -> Duration {
+        ms(self.max_wait_ms)
     }
 }
 
@@ -238,7 +291,17 @@ impl Config {
 
     /// Reject values that cannot work, naming the key.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let checks: [(&'static str, bool, &str); 9] = [
+        let checks: [(&'static str, bool, &str); 11] = [
+            (
+                "read.poll_interval_ms",
+                self.read.poll_interval_ms > 0,
+                "must be at least 1",
+            ),
+            (
+                "read.max_events_per_read",
+                self.read.max_events_per_read > 0,
+                "must be at least 1",
+            ),
             (
                 "listen",
                 self.listen.parse::<std::net::SocketAddr>().is_ok(),

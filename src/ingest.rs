@@ -97,7 +97,7 @@ pub async fn handle(
     Ok(json(status, &body))
 }
 
-fn check_stream_name(app: &App, stream: &str) -> Result<(), Problem> {
+pub fn check_stream_name(app: &App, stream: &str) -> Result<(), Problem> {
     let max = app.config.limits.max_stream_name_len;
     if crate::names::valid(stream, max) {
         return Ok(());

@@ -6,6 +6,7 @@
 //! - [`decode`]: bodies → event byte ranges (object, array, NDJSON; gzip, zstd).
 //! - [`batch`]: per-stream buffers, flush triggers, the memory budget.
 //! - [`log`]: segments and commit records in the bucket; append, heads, reads.
+//! - [`read`]: tailers, the segment cache, long-poll and Server-Sent Events.
 //! - [`store`]: opens the object store a URL names (file, memory, S3).
 //!
 //! Beside the path: [`config`] (settings), [`error`] (problem+json),
@@ -22,5 +23,6 @@ pub mod ingest;
 pub mod log;
 pub mod metrics;
 pub mod names;
+pub mod read;
 pub mod server;
 pub mod store;

@@ -72,7 +72,11 @@ pub struct Batcher {
     streams: RwLock<Option<HashMap<String, Arc<StreamEntry>>>>,
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
     closing: watch::Sender<bool>,
+    on_commit: Option<CommitHook>,
 }
+
+/// Called with (stream, partition) after each commit (wakes local readers).
+pub type CommitHook = Arc<dyn Fn(&str, u32) + Send + Sync>;
 
 /// A running stream: its queue and its metric handles (registered once).
 struct StreamEntry {
@@ -97,7 +101,14 @@ impl Batcher {
             streams: RwLock::new(Some(HashMap::new())),
             tasks: std::sync::Mutex::new(Vec::new()),
             closing: watch::channel(false).0,
+            on_commit: None,
         }
+    }
+
+    /// Call `hook` after every commit.
+    pub fn on_commit(mut self, hook: CommitHook) -> Self {
+        self.on_commit = Some(hook);
+        self
     }
 
     pub fn budget(&self) -> &Budget {
@@ -208,6 +219,7 @@ impl Batcher {
             budget: self.budget.clone(),
             chooser: PartitionChooser::new(self.log.writer(), self.streams_config.partitions),
             closing: self.closing.subscribe(),
+            on_commit: self.on_commit.clone(),
         };
         let handle = tokio::spawn(task.run(rx));
         self.tasks

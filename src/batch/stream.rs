@@ -46,6 +46,7 @@ pub(super) struct StreamTask {
     pub chooser: PartitionChooser,
     /// Turns true on shutdown: stop taking submissions, flush, return.
     pub closing: watch::Receiver<bool>,
+    pub on_commit: Option<super::CommitHook>,
 }
 
 impl StreamTask {
@@ -127,6 +128,7 @@ fn add(pending: &mut Pending, sub: Submission) {
 }
 
 struct Committer {
+    on_commit: Option<super::CommitHook>,
     name: String,
     path: StreamPath,
     log: Arc<Log>,
@@ -138,6 +140,7 @@ struct Committer {
 impl From<&StreamTask> for Committer {
     fn from(t: &StreamTask) -> Self {
         Committer {
+            on_commit: t.on_commit.clone(),
             name: t.name.clone(),
             path: t.path.clone(),
             log: t.log.clone(),
@@ -194,6 +197,9 @@ impl Committer {
             }
         };
         self.chooser.observe(appended.conflicts);
+        if let Some(hook) = &self.on_commit {
+            hook(&self.name, appended.partition);
+        }
         self.record_metrics(&segment, appended.conflicts, started);
         for w in p.waiters {
             metrics::histogram!("sluice_ack_latency_seconds")

@@ -23,6 +23,7 @@ use crate::batch::Batcher;
 use crate::config::Config;
 use crate::log::retry::RetryPolicy;
 use crate::log::Log;
+use crate::read::Readers;
 use crate::store::{Store, StoreError};
 
 /// Why the gateway could not start.
@@ -42,13 +43,22 @@ pub struct App {
     pub config: Config,
     pub log: Arc<Log>,
     pub batcher: Batcher,
+    pub readers: Arc<Readers>,
+    /// Permits for streaming subscribers (SSE), `read.max_subscribers`.
+    pub subscribers: Arc<Semaphore>,
     pub metrics: PrometheusHandle,
     draining: AtomicBool,
+    closing: watch::Sender<bool>,
 }
 
 impl App {
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Turns true when the gateway starts draining (long-polls and streams end).
+    pub fn closing(&self) -> watch::Receiver<bool> {
+        self.closing.subscribe()
     }
 }
 
@@ -80,18 +90,30 @@ impl Gateway {
             ..RetryPolicy::default()
         };
         let log = Arc::new(Log::new(store, writer, policy));
+        let readers = Arc::new(Readers::new(
+            log.clone(),
+            &config.tenant,
+            config.read.clone(),
+        ));
+        let wake = readers.clone();
         let batcher = Batcher::new(
             log.clone(),
             &config.tenant,
             config.batch.clone(),
             config.streams.clone(),
-        );
+        )
+        .on_commit(Arc::new(move |stream: &str, partition| {
+            wake.wake(stream, partition)
+        }));
         let app = Arc::new(App {
+            subscribers: Arc::new(Semaphore::new(config.read.max_subscribers)),
             config,
             log,
             batcher,
+            readers,
             metrics: crate::metrics::handle(),
             draining: AtomicBool::new(false),
+            closing: watch::channel(false).0,
         });
         Gateway { app, listener }
     }
@@ -159,6 +181,7 @@ async fn drain(
     max: usize,
 ) {
     app.draining.store(true, Ordering::Relaxed);
+    app.closing.send_replace(true);
     metrics::gauge!("sluice_draining").set(1.0);
     drop(listener);
     tracing::info!("draining: finishing in-flight requests, then flushing buffers");

@@ -15,7 +15,7 @@ use object_store::ObjectStoreExt;
 
 use super::App;
 use crate::error::Problem;
-use crate::ingest;
+use crate::{ingest, read};
 
 /// Route labels: a fixed vocabulary, never the raw path.
 fn route_label(method: &Method, path: &str) -> &'static str {
@@ -24,6 +24,8 @@ fn route_label(method: &Method, path: &str) -> &'static str {
         (_, "/readyz") => "readyz",
         (_, "/metrics") => "metrics",
         (&Method::POST, p) if p.starts_with("/v1/streams/") => "ingest",
+        (&Method::GET, p) if p.starts_with("/v1/streams/") && p.ends_with("/events") => "read",
+        (&Method::GET, p) if p.starts_with("/v1/streams") => "streams",
         _ => "other",
     }
 }
@@ -59,14 +61,19 @@ async fn dispatch(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Bod
         (&Method::POST, ["v1", "streams", stream, "events"]) => {
             ingest::handle(app, stream, req).await
         }
-        (_, ["v1", "streams", _, "events"]) | (_, ["healthz" | "readyz" | "metrics"]) => {
-            Err(Problem::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method-not-allowed",
-                "Method not allowed",
-                format!("{} is not allowed on {path}", req.method()),
-            ))
+        (&Method::GET, ["v1", "streams", stream, "events"]) => {
+            read::routes::events(app, stream, req).await
         }
+        (&Method::GET, ["v1", "streams"]) => read::routes::list(app).await,
+        (&Method::GET, ["v1", "streams", stream]) => read::routes::describe(app, stream).await,
+        (_, ["v1", "streams", _, "events"])
+        | (_, ["v1", "streams"] | ["v1", "streams", _])
+        | (_, ["healthz" | "readyz" | "metrics"]) => Err(Problem::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method-not-allowed",
+            "Method not allowed",
+            format!("{} is not allowed on {path}", req.method()),
+        )),
         _ => Err(Problem::not_found(format!(
             "no route for {} {path}",
             req.method()

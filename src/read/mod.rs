@@ -1,0 +1,182 @@
+//! The read path: tailers, the segment cache, and reads from an offset.
+//!
+//! Owns everything between the log and a reader on this gateway: one tailer
+//! per (stream, partition) shared by all readers (N readers never cost N
+//! times the store requests), a bounded segment cache, and `read`, which
+//! serves recent offsets from the tailer's index and older ones by bisecting
+//! the log. HTTP shapes live in `routes`.
+
+mod cache;
+pub mod routes;
+mod tail;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use tokio::task::JoinHandle;
+
+use crate::config::ReadConfig;
+use crate::log::record::CommitRecord;
+use crate::log::{Log, LogError, ReadBatch};
+use cache::SegmentCache;
+pub use tail::{Cadence, Tailer};
+
+/// Why a read could not be served.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error("offset {offset} is past the head {head} of partition {partition}")]
+    OutOfRange {
+        partition: u32,
+        offset: u64,
+        head: u64,
+    },
+    #[error("this gateway already follows {limit} partitions (read.max_tailers)")]
+    TooManyTailers { limit: usize },
+}
+
+struct Running {
+    tailer: Arc<Tailer>,
+    task: JoinHandle<()>,
+}
+
+/// All readers' shared state on one gateway.
+pub struct Readers {
+    log: Arc<Log>,
+    tenant: String,
+    config: ReadConfig,
+    cache: SegmentCache,
+    tailers: Mutex<HashMap<(String, u32), Running>>,
+}
+
+impl Readers {
+    pub fn new(log: Arc<Log>, tenant: &str, config: ReadConfig) -> Self {
+        Readers {
+            cache: SegmentCache::new(config.cache_bytes),
+            log,
+            tenant: tenant.to_string(),
+            config,
+            tailers: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn config(&self) -> &ReadConfig {
+        &self.config
+    }
+
+    pub fn log(&self) -> &Arc<Log> {
+        &self.log
+    }
+
+    /// The tailer of a partition, started if need be.
+    pub fn tailer(&self, stream: &str, partition: u32) -> Result<Arc<Tailer>, ReadError> {
+        let mut tailers = self.tailers.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (stream.to_string(), partition);
+        if let Some(r) = tailers.get(&key).filter(|r| !r.task.is_finished()) {
+            r.tailer.touch();
+            return Ok(r.tailer.clone());
+        }
+        tailers.retain(|_, r| !r.task.is_finished());
+        if tailers.len() >= self.config.max_tailers {
+            return Err(ReadError::TooManyTailers {
+                limit: self.config.max_tailers,
+            });
+        }
+        let tailer = Tailer::new(self.log.stream(&self.tenant, stream), partition);
+        let task = tokio::spawn(tailer.clone().run(self.log.clone(), self.cadence()));
+        tailers.insert(
+            key,
+            Running {
+                tailer: tailer.clone(),
+                task,
+            },
+        );
+        Ok(tailer)
+    }
+
+    fn cadence(&self) -> Cadence {
+        Cadence {
+            poll: self.config.poll_interval(),
+            idle_max: self.config.idle_poll_max(),
+            linger: self.config.linger(),
+        }
+    }
+
+    /// This gateway committed to `partition`: its tailer (if any) polls now.
+    pub fn wake(&self, stream: &str, partition: u32) {
+        let tailers = self.tailers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(r) = tailers.get(&(stream.to_string(), partition)) {
+            r.tailer.wake();
+        }
+    }
+
+    /// Up to `limit` envelopes at and after `offset`, never past `head`.
+    pub async fn read(
+        &self,
+        tailer: &Tailer,
+        offset: u64,
+        head: u64,
+        limit: usize,
+    ) -> Result<ReadBatch, ReadError> {
+        let partition = tailer.partition;
+        if offset > head {
+            return Err(ReadError::OutOfRange {
+                partition,
+                offset,
+                head,
+            });
+        }
+        let mut batch = ReadBatch {
+            first_offset: offset,
+            next_offset: offset,
+            events: Vec::new(),
+        };
+        if offset == head || limit == 0 {
+            return Ok(batch);
+        }
+        let path = tailer.path();
+        let found = match tailer.recent(offset) {
+            Some(hit) => Some(hit),
+            None => self.log.locate(path, partition, offset).await?,
+        };
+        let Some((mut seq, mut record)) = found else {
+            return Ok(batch);
+        };
+        loop {
+            let raw = self.segment(path, &record).await?;
+            let skip = (batch.next_offset - record.first_offset) as usize;
+            let room = limit - batch.events.len();
+            batch
+                .events
+                .extend(crate::log::segment::lines(&raw).skip(skip).take(room));
+            batch.next_offset = offset + batch.events.len() as u64;
+            if batch.events.len() >= limit || batch.next_offset >= head {
+                return Ok(batch);
+            }
+            seq += 1;
+            record = match tailer.at_seq(seq) {
+                Some(r) => r,
+                None => match self.log.record(path, partition, seq).await? {
+                    Some(r) => r,
+                    None => return Ok(batch),
+                },
+            };
+        }
+    }
+
+    async fn segment(
+        &self,
+        path: &crate::log::record::StreamPath,
+        record: &CommitRecord,
+    ) -> Result<Bytes, LogError> {
+        let key = path.segment(&record.segment).to_string();
+        if let Some(raw) = self.cache.get(&key) {
+            return Ok(raw);
+        }
+        let raw = self.log.segment_bytes(path, record).await?;
+        self.cache.insert(&key, raw.clone());
+        Ok(raw)
+    }
+}

@@ -1,0 +1,397 @@
+//! Read routes: long-poll, Server-Sent Events, list and describe.
+//!
+//! Owns the HTTP shapes of reads. Envelope lines go into responses as the
+//! bytes stored, joined, never parsed or re-serialised.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, Request, Response, StatusCode};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::{Frame, Incoming};
+use object_store::ObjectStore;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use super::{ReadError, Tailer};
+use crate::body::Body;
+use crate::error::Problem;
+use crate::ingest::json;
+use crate::log::ReadBatch;
+use crate::server::App;
+
+/// Events per read when the client names no `limit`.
+const DEFAULT_LIMIT: usize = 1_000;
+/// Longest wait for a partition's head to be found on first use.
+const DISCOVERY_WAIT: Duration = Duration::from_secs(10);
+/// An idle SSE connection gets a comment this often (detects dead clients).
+const SSE_HEARTBEAT: Duration = Duration::from_secs(15);
+
+impl From<ReadError> for Problem {
+    fn from(e: ReadError) -> Self {
+        let detail = e.to_string();
+        match e {
+            ReadError::OutOfRange { .. } => Problem::new(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "offset-out-of-range",
+                "Offset out of range",
+                detail,
+            ),
+            ReadError::TooManyTailers { .. } => Problem::unavailable("overloaded", detail),
+            ReadError::Log(_) => Problem::unavailable("store-unavailable", detail),
+        }
+    }
+}
+
+/// `key=value` pairs of the query string (values are plain tokens here).
+fn query(req: &Request<Incoming>) -> BTreeMap<&str, &str> {
+    req.uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|kv| kv.split_once('=').or(Some((kv, ""))))
+        .filter(|(k, _)| !k.is_empty())
+        .collect()
+}
+
+fn number<T: std::str::FromStr>(q: &BTreeMap<&str, &str>, key: &str) -> Result<Option<T>, Problem> {
+    match q.get(key) {
+        None => Ok(None),
+        Some(v) => v.parse().map(Some).map_err(|_| {
+            Problem::bad_request(
+                "bad-query",
+                format!("query parameter {key}={v:?} must be a non-negative integer"),
+            )
+        }),
+    }
+}
+
+fn partition_of(app: &App, q: &BTreeMap<&str, &str>) -> Result<u32, Problem> {
+    let p = number::<u32>(q, "partition")?.unwrap_or(0);
+    let n = app.config.streams.partitions;
+    if p >= n {
+        return Err(Problem::bad_request(
+            "bad-query",
+            format!(
+                "partition {p} does not exist; partitions are 0-{} (streams.partitions)",
+                n - 1
+            ),
+        ));
+    }
+    Ok(p)
+}
+
+/// `GET /v1/streams/{stream}/events`: long-poll, or SSE with `Accept: text/event-stream`.
+pub async fn events(
+    app: &Arc<App>,
+    stream: &str,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Problem> {
+    crate::ingest::check_stream_name(app, stream)?;
+    let wants_sse = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/event-stream"));
+    if wants_sse {
+        return sse(app, stream, &req).await;
+    }
+    long_poll(app, stream, &req).await
+}
+
+async fn long_poll(
+    app: &Arc<App>,
+    stream: &str,
+    req: &Request<Incoming>,
+) -> Result<Response<Body>, Problem> {
+    let q = query(req);
+    let partition = partition_of(app, &q)?;
+    let cfg = &app.readers.config().clone();
+    let limit = number::<usize>(&q, "limit")?
+        .unwrap_or(DEFAULT_LIMIT)
+        .min(cfg.max_events_per_read);
+    let wait = Duration::from_millis(number::<u64>(&q, "wait")?.unwrap_or(0)).min(cfg.max_wait());
+    let tailer = app.readers.tailer(stream, partition)?;
+    let mut heads = tailer.subscribe();
+    let head = known_head(&mut heads).await?;
+    let offset = match q.get("offset") {
+        Some(&"latest") => head,
+        Some(&"earliest") | None => 0,
+        Some(_) => number::<u64>(&q, "offset")?.unwrap_or(0),
+    };
+    let head = if head == offset && !wait.is_zero() {
+        wait_past(&mut heads, offset, Instant::now() + wait, app.closing()).await
+    } else {
+        head
+    };
+    let batch = app.readers.read(&tailer, offset, head, limit).await?;
+    let mut resp = Response::new(crate::body::full(batch_json(partition, &batch, true)));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    Ok(resp)
+}
+
+/// The head once the tailer has found it.
+async fn known_head(heads: &mut watch::Receiver<Option<u64>>) -> Result<u64, Problem> {
+    let found = tokio::time::timeout(DISCOVERY_WAIT, heads.wait_for(Option::is_some)).await;
+    match found {
+        Ok(Ok(h)) => Ok((*h).unwrap_or(0)),
+        _ => Err(Problem::unavailable(
+            "store-unavailable",
+            "the partition's head could not be read from the store",
+        )),
+    }
+}
+
+/// Wait until the head passes `offset`, the deadline, or shutdown; the head then.
+async fn wait_past(
+    heads: &mut watch::Receiver<Option<u64>>,
+    offset: u64,
+    deadline: Instant,
+    mut closing: watch::Receiver<bool>,
+) -> u64 {
+    tokio::select! {
+        _ = tokio::time::sleep_until(deadline) => {}
+        _ = async { heads.wait_for(|h| h.is_some_and(|h| h > offset)).await.map(|_| ()) } => {}
+        _ = async { closing.wait_for(|c| *c).await.map(|_| ()) } => {}
+    }
+    let head = heads.borrow().unwrap_or(0);
+    head
+}
+
+/// `{"partition":p,"first_offset":o,["next_offset":n,]"events":[…]}` from stored lines.
+fn batch_json(partition: u32, batch: &ReadBatch, with_next: bool) -> Bytes {
+    let size: usize = batch.events.iter().map(|e| e.len() + 1).sum();
+    let mut out = Vec::with_capacity(size + 96);
+    out.extend_from_slice(
+        format!(
+            "{{\"partition\":{partition},\"first_offset\":{}",
+            batch.first_offset
+        )
+        .as_bytes(),
+    );
+    if with_next {
+        out.extend_from_slice(format!(",\"next_offset\":{}", batch.next_offset).as_bytes());
+    }
+    out.extend_from_slice(b",\"events\":[");
+    for (i, e) in batch.events.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(e);
+    }
+    out.extend_from_slice(b"]}");
+    Bytes::from(out)
+}
+
+/// Where an SSE stream starts: `Last-Event-ID` (`p:o,p:o,…`), else `from`
+/// (`earliest`, `latest`, or `p:o|latest,…`); unnamed partitions start at latest.
+fn start_positions(app: &App, req: &Request<Incoming>) -> Result<Vec<Option<u64>>, Problem> {
+    let n = app.config.streams.partitions as usize;
+    let last = req
+        .headers()
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok());
+    let q = query(req);
+    let spec = last.or(q.get("from").copied()).unwrap_or("latest");
+    match spec {
+        "latest" => return Ok(vec![None; n]),
+        "earliest" => return Ok(vec![Some(0); n]),
+        _ => {}
+    }
+    let mut start = vec![None; n];
+    for part in spec.split(',') {
+        let bad = || {
+            Problem::bad_request(
+                "bad-query",
+                format!("position {part:?} must be PARTITION:OFFSET or PARTITION:latest"),
+            )
+        };
+        let (p, o) = part.split_once(':').ok_or_else(bad)?;
+        let p: usize = p.parse().map_err(|_| bad())?;
+        let slot = start.get_mut(p).ok_or_else(bad)?;
+        *slot = match o {
+            "latest" => None,
+            "earliest" => Some(0),
+            o => Some(o.parse().map_err(|_| bad())?),
+        };
+    }
+    Ok(start)
+}
+
+async fn sse(
+    app: &Arc<App>,
+    stream: &str,
+    req: &Request<Incoming>,
+) -> Result<Response<Body>, Problem> {
+    let start = start_positions(app, req)?;
+    let permit = app.subscribers.clone().try_acquire_owned().map_err(|_| {
+        Problem::unavailable(
+            "overloaded",
+            format!(
+                "this gateway already serves {} subscribers (read.max_subscribers)",
+                app.readers.config().max_subscribers
+            ),
+        )
+    })?;
+    let mut tailers = Vec::with_capacity(start.len());
+    for p in 0..start.len() as u32 {
+        tailers.push(app.readers.tailer(stream, p)?);
+    }
+    let (tx, rx) = mpsc::channel::<Bytes>(8);
+    let app = app.clone();
+    tokio::spawn(async move {
+        let _permit = permit;
+        if let Err(e) = pump(&app, tailers, start, &tx).await {
+            let _ = tx
+                .send(Bytes::from(format!("event: error\ndata: {e}\n\n")))
+                .await;
+        }
+    });
+    let frames = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
+    });
+    let mut resp = Response::new(StreamBody::new(frames).boxed_unsync());
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-cache"),
+    );
+    Ok(resp)
+}
+
+/// Push every partition's new events to one SSE client until it leaves or
+/// the gateway drains. A slow client slows only its own task (bounded queue).
+async fn pump(
+    app: &App,
+    tailers: Vec<Arc<Tailer>>,
+    start: Vec<Option<u64>>,
+    tx: &mpsc::Sender<Bytes>,
+) -> Result<(), ReadError> {
+    let mut heads: Vec<_> = tailers.iter().map(|t| t.subscribe()).collect();
+    let mut cursor = Vec::with_capacity(start.len());
+    for (h, s) in heads.iter_mut().zip(start) {
+        let head = h
+            .wait_for(Option::is_some)
+            .await
+            .map(|v| (*v).unwrap_or(0))
+            .unwrap_or(0);
+        cursor.push(s.unwrap_or(head));
+    }
+    let mut closing = app.closing();
+    loop {
+        let mut sent = false;
+        for (i, tailer) in tailers.iter().enumerate() {
+            let head = heads[i].borrow_and_update().unwrap_or(0);
+            if cursor[i] >= head {
+                continue;
+            }
+            tailer.touch();
+            let batch = app
+                .readers
+                .read(tailer, cursor[i], head, DEFAULT_LIMIT)
+                .await?;
+            cursor[i] = batch.next_offset;
+            let frame = sse_frame(&cursor, tailer.partition, &batch);
+            if tx.send(frame).await.is_err() {
+                return Ok(());
+            }
+            sent = true;
+        }
+        if sent {
+            continue;
+        }
+        let changed = futures::future::select_all(heads.iter_mut().map(|h| Box::pin(h.changed())));
+        tokio::select! {
+            _ = changed => {}
+            _ = tokio::time::sleep(SSE_HEARTBEAT) => {
+                if tx.send(Bytes::from_static(b": keep-alive\n\n")).await.is_err() {
+                    return Ok(());
+                }
+            }
+            _ = async { closing.wait_for(|c| *c).await.map(|_| ()) } => return Ok(()),
+        }
+    }
+}
+
+fn sse_frame(cursor: &[u64], partition: u32, batch: &ReadBatch) -> Bytes {
+    let id: Vec<String> = cursor
+        .iter()
+        .enumerate()
+        .map(|(p, o)| format!("{p}:{o}"))
+        .collect();
+    let data = batch_json(partition, batch, false);
+    let mut out = Vec::with_capacity(data.len() + 64);
+    out.extend_from_slice(format!("id: {}\nevent: events\ndata: ", id.join(",")).as_bytes());
+    out.extend_from_slice(&data);
+    out.extend_from_slice(b"\n\n");
+    Bytes::from(out)
+}
+
+/// `GET /v1/streams`: the tenant's streams.
+pub async fn list(app: &Arc<App>) -> Result<Response<Body>, Problem> {
+    let store = app.log.store();
+    let prefix = store.root.clone().join(app.config.tenant.as_str());
+    let listing = store
+        .inner
+        .list_with_delimiter(Some(&prefix))
+        .await
+        .map_err(|e| {
+            Problem::unavailable("store-unavailable", format!("cannot list streams: {e}"))
+        })?;
+    let mut names: Vec<String> = listing
+        .common_prefixes
+        .iter()
+        .filter_map(|p| p.filename().map(str::to_string))
+        .collect();
+    names.sort();
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({ "streams": names }),
+    ))
+}
+
+/// `GET /v1/streams/{stream}`: partitions, heads, created time.
+pub async fn describe(app: &Arc<App>, stream: &str) -> Result<Response<Body>, Problem> {
+    crate::ingest::check_stream_name(app, stream)?;
+    let log = &app.log;
+    let path = log.stream(&app.config.tenant, stream);
+    let unavailable =
+        |e: crate::log::LogError| Problem::unavailable("store-unavailable", e.to_string());
+    let (mut partitions, mut created) = (Vec::new(), None::<String>);
+    for p in 0..app.config.streams.partitions {
+        let head = log.head(&path, p).await.map_err(unavailable)?;
+        if head.next_seq > 0 {
+            if let Some(first) = log.record(&path, p, 0).await.map_err(unavailable)? {
+                created = Some(created.map_or(first.min_received_at.clone(), |c| {
+                    c.min(first.min_received_at)
+                }));
+            }
+        }
+        partitions.push(serde_json::json!({
+            "partition": p, "first_offset": 0, "head_offset": head.next_offset, "records": head.next_seq,
+        }));
+    }
+    let Some(created) = created else {
+        return Err(Problem::not_found(format!(
+            "stream {stream:?} has no events"
+        )));
+    };
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({
+            "name": stream, "created_at": created, "schema": null, "partitions": partitions,
+        }),
+    ))
+}

@@ -1,0 +1,143 @@
+//! One tailer per (stream, partition): follows the log forward and publishes
+//! its head, so every reader of that partition on this gateway shares one
+//! poll loop.
+//!
+//! Owns the poll cadence (fast while records arrive, backing off to
+//! `idle_poll_max_ms` when idle, woken at once by this gateway's own
+//! commits) and a bounded index of recent records, so readers that follow
+//! the head find their record without bisecting the log.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{watch, Notify};
+use tokio::time::Instant;
+
+use crate::log::record::{CommitRecord, StreamPath};
+use crate::log::Log;
+
+/// Recent records kept per tailer.
+const INDEX_RECORDS: usize = 1024;
+
+/// How a tailer polls.
+#[derive(Debug, Clone, Copy)]
+pub struct Cadence {
+    pub poll: Duration,
+    pub idle_max: Duration,
+    /// A tailer nobody used for this long stops.
+    pub linger: Duration,
+}
+
+#[derive(Debug)]
+pub struct Tailer {
+    pub partition: u32,
+    path: StreamPath,
+    head: watch::Sender<Option<u64>>,
+    index: Mutex<VecDeque<(u64, CommitRecord)>>,
+    wake: Notify,
+    used: Mutex<Instant>,
+}
+
+impl Tailer {
+    pub fn new(path: StreamPath, partition: u32) -> Arc<Tailer> {
+        Arc::new(Tailer {
+            partition,
+            path,
+            head: watch::channel(None).0,
+            index: Mutex::new(VecDeque::new()),
+            wake: Notify::new(),
+            used: Mutex::new(Instant::now()),
+        })
+    }
+
+    pub fn path(&self) -> &StreamPath {
+        &self.path
+    }
+
+    /// Offset one past the last committed event, once known.
+    pub fn subscribe(&self) -> watch::Receiver<Option<u64>> {
+        self.touch();
+        self.head.subscribe()
+    }
+
+    /// Poll now (this gateway just committed to the partition).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    pub fn touch(&self) {
+        *self.used.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+    }
+
+    /// The recent record holding `offset`, with its seq.
+    pub fn recent(&self, offset: u64) -> Option<(u64, CommitRecord)> {
+        let index = self.index.lock().unwrap_or_else(|p| p.into_inner());
+        let i = index.partition_point(|(_, r)| r.next_offset() <= offset);
+        index.get(i).filter(|(_, r)| r.contains(offset)).cloned()
+    }
+
+    /// The recent record at `seq`.
+    pub fn at_seq(&self, seq: u64) -> Option<CommitRecord> {
+        let index = self.index.lock().unwrap_or_else(|p| p.into_inner());
+        let first = index.front()?.0;
+        index
+            .get(usize::try_from(seq.checked_sub(first)?).ok()?)
+            .map(|(_, r)| r.clone())
+    }
+
+    fn remember(&self, seq: u64, record: CommitRecord) {
+        let next = record.next_offset();
+        let mut index = self.index.lock().unwrap_or_else(|p| p.into_inner());
+        if index.len() == INDEX_RECORDS {
+            index.pop_front();
+        }
+        index.push_back((seq, record));
+        drop(index);
+        self.head.send_replace(Some(next));
+    }
+
+    fn idle_for(&self) -> Duration {
+        self.used
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .elapsed()
+    }
+
+    /// Follow the log until nobody has used this tailer for `linger`.
+    pub async fn run(self: Arc<Self>, log: Arc<Log>, cadence: Cadence) {
+        let mut next_seq = loop {
+            match log.head(&self.path, self.partition).await {
+                Ok(h) => {
+                    self.head.send_replace(Some(h.next_offset));
+                    break h.next_seq;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "tailer cannot find the head; retrying");
+                    tokio::time::sleep(cadence.idle_max).await;
+                }
+            }
+        };
+        let mut delay = cadence.poll;
+        loop {
+            match log.record(&self.path, self.partition, next_seq).await {
+                Ok(Some(record)) => {
+                    self.remember(next_seq, record);
+                    next_seq += 1;
+                    delay = cadence.poll;
+                    continue;
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "tailer poll failed"),
+            }
+            if self.idle_for() > cadence.linger && self.head.receiver_count() == 0 {
+                return;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = self.wake.notified() => {}
+            }
+            delay = (delay * 2).min(cadence.idle_max);
+        }
+    }
+}
