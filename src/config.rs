@@ -37,6 +37,21 @@ pub struct Config {
     pub batch: BatchConfig,
     pub streams: StreamsConfig,
     pub read: ReadConfig,
+    pub websocket: WebSocketConfig,
+}
+
+/// WebSocket ingest and subscriptions.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebSocketConfig {
+    /// Frames one ingest connection may have awaiting their ack; past it the
+    /// gateway stops reading that socket (the client is slowed, not dropped).
+    pub max_inflight_frames: usize,
+    /// Frames queued for one subscriber; a subscriber that falls this far
+    /// behind is closed with code 4008 and resumes from its last offsets.
+    pub subscriber_queue_frames: usize,
+    /// A ping is sent after this long without traffic.
+    pub ping_interval_ms: u64,
 }
 
 /// Readers: tailing, long-poll, Server-Sent Events.
@@ -140,6 +155,17 @@ impl Default for Config {
             batch: BatchConfig::default(),
             streams: StreamsConfig::default(),
             read: ReadConfig::default(),
+            websocket: WebSocketConfig::default(),
+        }
+    }
+}
+
+impl Default for WebSocketConfig {
+    fn default() -> Self {
+        WebSocketConfig {
+            max_inflight_frames: 64,
+            subscriber_queue_frames: 64,
+            ping_interval_ms: 15_000,
         }
     }
 }

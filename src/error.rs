@@ -105,15 +105,24 @@ impl Problem {
         .retry_after(1)
     }
 
-    pub fn response(&self) -> Response<Body> {
-        let body = Wire {
+    /// The problem document as JSON (WebSocket error frames).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(self.wire()).unwrap_or_default()
+    }
+
+    fn wire(&self) -> Wire<'_> {
+        Wire {
             kind: format!("{TYPE_PREFIX}{}", self.kind),
             title: self.title,
             status: self.status.as_u16(),
             detail: &self.detail,
             errors: &self.errors,
             errors_omitted: self.errors_omitted,
-        };
+        }
+    }
+
+    pub fn response(&self) -> Response<Body> {
+        let body = self.wire();
         let json = serde_json::to_vec(&body).unwrap_or_default();
         let mut resp = Response::new(crate::body::full(Bytes::from(json)));
         *resp.status_mut() = self.status;

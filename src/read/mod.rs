@@ -9,6 +9,7 @@
 mod cache;
 pub mod routes;
 mod tail;
+pub mod ws;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

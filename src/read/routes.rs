@@ -229,25 +229,12 @@ async fn sse(
     stream: &str,
     req: &Request<Incoming>,
 ) -> Result<Response<Body>, Problem> {
-    let start = start_positions(app, req)?;
-    let permit = app.subscribers.clone().try_acquire_owned().map_err(|_| {
-        Problem::unavailable(
-            "overloaded",
-            format!(
-                "this gateway already serves {} subscribers (read.max_subscribers)",
-                app.readers.config().max_subscribers
-            ),
-        )
-    })?;
-    let mut tailers = Vec::with_capacity(start.len());
-    for p in 0..start.len() as u32 {
-        tailers.push(app.readers.tailer(stream, p)?);
-    }
+    let sub = Subscription::open(app, stream, req)?;
     let (tx, rx) = mpsc::channel::<Bytes>(8);
     let app = app.clone();
     tokio::spawn(async move {
-        let _permit = permit;
-        if let Err(e) = pump(&app, tailers, start, &tx).await {
+        let end = sub.pump(&app, Out::Sse(tx.clone())).await;
+        if let PumpEnd::Failed(e) = end {
             let _ = tx
                 .send(Bytes::from(format!("event: error\ndata: {e}\n\n")))
                 .await;
@@ -271,57 +258,127 @@ async fn sse(
     Ok(resp)
 }
 
-/// Push every partition's new events to one SSE client until it leaves or
-/// the gateway drains. A slow client slows only its own task (bounded queue).
-async fn pump(
-    app: &App,
+/// Where a subscriber's frames go.
+pub enum Out {
+    /// SSE: a slow client is waited for (its own bounded queue).
+    Sse(mpsc::Sender<Bytes>),
+    /// WebSocket: a client whose queue is full is cut off (it resumes).
+    Ws(mpsc::Sender<Bytes>),
+}
+
+/// Why a subscription ended.
+pub enum PumpEnd {
+    ClientGone,
+    TooSlow,
+    Closing,
+    Failed(ReadError),
+}
+
+/// One streaming subscriber: its tailers, start positions and permit.
+pub struct Subscription {
     tailers: Vec<Arc<Tailer>>,
     start: Vec<Option<u64>>,
-    tx: &mpsc::Sender<Bytes>,
-) -> Result<(), ReadError> {
-    let mut heads: Vec<_> = tailers.iter().map(|t| t.subscribe()).collect();
-    let mut cursor = Vec::with_capacity(start.len());
-    for (h, s) in heads.iter_mut().zip(start) {
-        let head = h
-            .wait_for(Option::is_some)
-            .await
-            .map(|v| (*v).unwrap_or(0))
-            .unwrap_or(0);
-        cursor.push(s.unwrap_or(head));
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Subscription {
+    /// Check the start positions and the subscriber limit; follow every partition.
+    pub fn open(
+        app: &Arc<App>,
+        stream: &str,
+        req: &Request<Incoming>,
+    ) -> Result<Subscription, Problem> {
+        crate::ingest::check_stream_name(app, stream)?;
+        let start = start_positions(app, req)?;
+        let permit = app.subscribers.clone().try_acquire_owned().map_err(|_| {
+            Problem::unavailable(
+                "overloaded",
+                format!(
+                    "this gateway already serves {} subscribers (read.max_subscribers)",
+                    app.readers.config().max_subscribers
+                ),
+            )
+        })?;
+        let mut tailers = Vec::with_capacity(start.len());
+        for p in 0..start.len() as u32 {
+            tailers.push(app.readers.tailer(stream, p)?);
+        }
+        Ok(Subscription {
+            tailers,
+            start,
+            _permit: permit,
+        })
     }
-    let mut closing = app.closing();
-    loop {
-        let mut sent = false;
-        for (i, tailer) in tailers.iter().enumerate() {
-            let head = heads[i].borrow_and_update().unwrap_or(0);
-            if cursor[i] >= head {
+
+    /// Push every partition's new events, in log order per partition, until
+    /// the client leaves, falls behind (WebSocket), or the gateway drains.
+    pub async fn pump(self, app: &App, out: Out) -> PumpEnd {
+        let mut heads: Vec<_> = self.tailers.iter().map(|t| t.subscribe()).collect();
+        let mut cursor = Vec::with_capacity(self.start.len());
+        for (h, s) in heads.iter_mut().zip(&self.start) {
+            let head = h
+                .wait_for(Option::is_some)
+                .await
+                .map(|v| (*v).unwrap_or(0))
+                .unwrap_or(0);
+            cursor.push(s.unwrap_or(head));
+        }
+        let mut closing = app.closing();
+        loop {
+            let mut sent = false;
+            for (i, tailer) in self.tailers.iter().enumerate() {
+                let head = heads[i].borrow_and_update().unwrap_or(0);
+                if cursor[i] >= head {
+                    continue;
+                }
+                tailer.touch();
+                let batch = match app
+                    .readers
+                    .read(tailer, cursor[i], head, DEFAULT_LIMIT)
+                    .await
+                {
+                    Ok(b) => b,
+                    Err(e) => return PumpEnd::Failed(e),
+                };
+                cursor[i] = batch.next_offset;
+                if let Some(end) = deliver(&out, &cursor, tailer.partition, &batch).await {
+                    return end;
+                }
+                sent = true;
+            }
+            if sent {
                 continue;
             }
-            tailer.touch();
-            let batch = app
-                .readers
-                .read(tailer, cursor[i], head, DEFAULT_LIMIT)
-                .await?;
-            cursor[i] = batch.next_offset;
-            let frame = sse_frame(&cursor, tailer.partition, &batch);
-            if tx.send(frame).await.is_err() {
-                return Ok(());
-            }
-            sent = true;
-        }
-        if sent {
-            continue;
-        }
-        let changed = futures::future::select_all(heads.iter_mut().map(|h| Box::pin(h.changed())));
-        tokio::select! {
-            _ = changed => {}
-            _ = tokio::time::sleep(SSE_HEARTBEAT) => {
-                if tx.send(Bytes::from_static(b": keep-alive\n\n")).await.is_err() {
-                    return Ok(());
+            let changed =
+                futures::future::select_all(heads.iter_mut().map(|h| Box::pin(h.changed())));
+            tokio::select! {
+                _ = changed => {}
+                _ = tokio::time::sleep(SSE_HEARTBEAT) => {
+                    if let Out::Sse(tx) = &out {
+                        if tx.send(Bytes::from_static(b": keep-alive\n\n")).await.is_err() {
+                            return PumpEnd::ClientGone;
+                        }
+                    }
                 }
+                _ = async { closing.wait_for(|c| *c).await.map(|_| ()) } => return PumpEnd::Closing,
             }
-            _ = async { closing.wait_for(|c| *c).await.map(|_| ()) } => return Ok(()),
         }
+    }
+}
+
+/// Send one batch; `Some` when the subscription must end.
+async fn deliver(out: &Out, cursor: &[u64], partition: u32, batch: &ReadBatch) -> Option<PumpEnd> {
+    match out {
+        Out::Sse(tx) => tx
+            .send(sse_frame(cursor, partition, batch))
+            .await
+            .err()
+            .map(|_| PumpEnd::ClientGone),
+        Out::Ws(tx) => match tx.try_send(batch_json(partition, batch, false)) {
+            Ok(()) => None,
+            Err(mpsc::error::TrySendError::Full(_)) => Some(PumpEnd::TooSlow),
+            Err(mpsc::error::TrySendError::Closed(_)) => Some(PumpEnd::ClientGone),
+        },
     }
 }
 

@@ -6,6 +6,7 @@
 //! handling lives in `routes` and `ingest`.
 
 mod routes;
+pub mod upgrade;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -217,7 +218,9 @@ async fn serve_connection(app: Arc<App>, stream: TcpStream, mut close: watch::Re
         .keep_alive(true);
     let service_app = app.clone();
     let service = hyper::service::service_fn(move |req| routes::route(service_app.clone(), req));
-    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    let conn = builder
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
     tokio::pin!(conn);
     metrics::gauge!("sluice_open_connections").increment(1.0);
     tokio::select! {

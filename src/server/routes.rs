@@ -25,6 +25,10 @@ fn route_label(method: &Method, path: &str) -> &'static str {
         (_, "/metrics") => "metrics",
         (&Method::POST, p) if p.starts_with("/v1/streams/") => "ingest",
         (&Method::GET, p) if p.starts_with("/v1/streams/") && p.ends_with("/events") => "read",
+        (&Method::GET, p) if p.starts_with("/v1/streams/") && p.ends_with("/ws") => "ws_ingest",
+        (&Method::GET, p) if p.starts_with("/v1/streams/") && p.ends_with("/subscribe") => {
+            "subscribe"
+        }
         (&Method::GET, p) if p.starts_with("/v1/streams") => "streams",
         _ => "other",
     }
@@ -63,6 +67,12 @@ async fn dispatch(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Bod
         }
         (&Method::GET, ["v1", "streams", stream, "events"]) => {
             read::routes::events(app, stream, req).await
+        }
+        (&Method::GET, ["v1", "streams", stream, "ws"]) => {
+            ingest::ws::handle(app, stream, req).await
+        }
+        (&Method::GET, ["v1", "streams", stream, "subscribe"]) => {
+            read::ws::handle(app, stream, req).await
         }
         (&Method::GET, ["v1", "streams"]) => read::routes::list(app).await,
         (&Method::GET, ["v1", "streams", stream]) => read::routes::describe(app, stream).await,

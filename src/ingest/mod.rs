@@ -1,8 +1,12 @@
-//! `POST /v1/streams/{stream}/events`: body → decode → batcher → ack.
+//! Ingest: bytes of events → decode → batcher → ack, for HTTP POST and
+//! WebSocket frames alike.
 //!
-//! Owns the ingest request's flow and its response shapes (200 durable with
-//! offsets, 202 async, 422 all invalid). Framing lives in `decode`, buffering
-//! in `batch`, error wire format in `error`.
+//! Owns the ingest flow ([`ingest_bytes`]) and its answer shapes (200 durable
+//! with offsets, 202 async, 422 all invalid). Framing lives in `decode`,
+//! buffering in `batch`, error wire format in `error`, the WebSocket
+//! connection in `ws`.
+
+pub mod ws;
 
 use std::sync::Arc;
 
@@ -23,17 +27,18 @@ use crate::server::App;
 /// Per-event errors listed in one response; the rest are counted.
 pub const MAX_REPORTED_ERRORS: usize = 100;
 
-#[derive(Serialize)]
-struct Accepted<'a> {
-    accepted: usize,
-    rejected: usize,
+/// What happened to one batch of events (a request or a frame).
+#[derive(Debug, Serialize)]
+pub struct Accepted {
+    pub accepted: usize,
+    pub rejected: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
-    partition: Option<u32>,
+    pub partition: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    first_offset: Option<u64>,
-    errors: &'a [EventError],
+    pub first_offset: Option<u64>,
+    pub errors: Vec<EventError>,
     #[serde(skip_serializing_if = "is_zero")]
-    errors_omitted: usize,
+    pub errors_omitted: usize,
 }
 
 fn is_zero(n: &usize) -> bool {
@@ -50,6 +55,25 @@ pub async fn handle(
     let format = Format::from_content_type(header_str(req.headers(), header::CONTENT_TYPE))?;
     let encoding = Encoding::from_header(header_str(req.headers(), header::CONTENT_ENCODING))?;
     let body = read_body(app, req).await?;
+    let answer = ingest_bytes(app, stream, body, format, encoding, durable).await?;
+    let status = if durable {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    Ok(json(status, &answer))
+}
+
+/// Decode, validate and submit one batch of events; with `durable`, wait for
+/// the commit (one deadline, `batch.ack_timeout_ms`, covers queueing and commit).
+pub async fn ingest_bytes(
+    app: &Arc<App>,
+    stream: &str,
+    body: Bytes,
+    format: Format,
+    encoding: Encoding,
+    durable: bool,
+) -> Result<Accepted, Problem> {
     let at = ReceivedAt::now();
     let limits = &app.config.limits;
     let raw = decode::decompress(body, encoding, limits.max_decoded_bytes)?;
@@ -69,7 +93,6 @@ pub async fn handle(
         (p.errors, p.errors_omitted) = (errors, omitted);
         return Err(p);
     }
-    // One deadline covers waiting for queue room and for the commit.
     let deadline = tokio::time::Instant::now() + app.config.batch.ack_timeout();
     let wait = app.config.batch.ack_timeout();
     let rx = app
@@ -81,20 +104,14 @@ pub async fn handle(
         None => None,
         Some(rx) => Some(wait_for_ack(app, rx, deadline).await?),
     };
-    let body = Accepted {
+    Ok(Accepted {
         accepted,
         rejected,
         partition: ack.map(|a| a.partition),
         first_offset: ack.map(|a| a.first_offset),
-        errors: &errors,
+        errors,
         errors_omitted: omitted,
-    };
-    let status = if durable {
-        StatusCode::OK
-    } else {
-        StatusCode::ACCEPTED
-    };
-    Ok(json(status, &body))
+    })
 }
 
 pub fn check_stream_name(app: &App, stream: &str) -> Result<(), Problem> {
@@ -113,7 +130,7 @@ fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
 }
 
 /// `Prefer: respond-async` or `?async=true` (for beacons that cannot set headers).
-fn wants_async<B>(req: &Request<B>) -> bool {
+pub(crate) fn wants_async<B>(req: &Request<B>) -> bool {
     let prefer = req
         .headers()
         .get_all("prefer")

@@ -1,0 +1,231 @@
+//! `GET /v1/streams/{stream}/ws`: WebSocket ingest.
+//!
+//! Owns one ingest connection: text frames of events in (one object, an
+//! array, or NDJSON), one ack frame out per frame, shaped like the HTTP
+//! answer plus `"frame"` (its index on the connection) and, with
+//! `?envelope=true`, the client's own `"id"`. At most
+//! `websocket.max_inflight_frames` frames await their acks; past that the
+//! gateway stops reading the socket, so a flooding client is slowed by TCP.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use http::{Request, Response};
+use hyper::body::Incoming;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tokio::sync::{mpsc, Semaphore};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
+
+use super::{ingest_bytes, Accepted};
+use crate::body::Body;
+use crate::decode::{Encoding, Format};
+use crate::error::Problem;
+use crate::server::upgrade::{self, Socket};
+use crate::server::App;
+
+/// Close code when a frame is larger than `limits.max_body_bytes`.
+pub const CLOSE_TOO_BIG: u16 = 1009;
+/// Close code when the gateway shuts down.
+pub const CLOSE_GOING_AWAY: u16 = 1001;
+
+#[derive(Clone, Copy)]
+struct Mode {
+    durable: bool,
+    envelope: bool,
+}
+
+pub async fn handle(
+    app: &Arc<App>,
+    stream: &str,
+    mut req: Request<Incoming>,
+) -> Result<Response<Body>, Problem> {
+    super::check_stream_name(app, stream)?;
+    let mode = Mode {
+        durable: !super::wants_async(&req),
+        envelope: req
+            .uri()
+            .query()
+            .unwrap_or("")
+            .split('&')
+            .any(|kv| kv == "envelope=true"),
+    };
+    let (resp, socket) = upgrade::accept(&mut req, app.config.limits.max_body_bytes)?;
+    let (app, stream) = (app.clone(), stream.to_string());
+    tokio::spawn(async move {
+        if let Some(socket) = socket.await {
+            metrics::gauge!("sluice_websocket_connections", "kind" => "ingest").increment(1.0);
+            serve(app, stream, socket, mode).await;
+            metrics::gauge!("sluice_websocket_connections", "kind" => "ingest").decrement(1.0);
+        }
+    });
+    Ok(resp)
+}
+
+fn close(code: u16, reason: &'static str) -> Message {
+    Message::Close(Some(CloseFrame {
+        code: CloseCode::from(code),
+        reason: reason.into(),
+    }))
+}
+
+async fn serve(app: Arc<App>, stream: String, socket: Socket, mode: Mode) {
+    let (mut sink, mut source) = socket.split();
+    let max = app.config.websocket.max_inflight_frames.max(1);
+    let (out, mut rx) = mpsc::channel::<Message>(max + 2);
+    let writer = tokio::spawn(async move {
+        while let Some(m) = rx.recv().await {
+            let last = matches!(m, Message::Close(_));
+            if sink.send(m).await.is_err() || last {
+                break;
+            }
+        }
+    });
+    let inflight = Arc::new(Semaphore::new(max));
+    let mut closing = app.closing();
+    let mut frame = 0u64;
+    let mut we_closed = false;
+    loop {
+        let next = tokio::select! {
+            m = source.next() => m,
+            _ = async { closing.wait_for(|c| *c).await.map(|_| ()) } => {
+                let _ = out.send(close(CLOSE_GOING_AWAY, "gateway shutting down")).await;
+                we_closed = true;
+                break;
+            }
+        };
+        let text = match next {
+            Some(Ok(Message::Text(t))) => Bytes::from(t),
+            Some(Ok(Message::Binary(_))) => {
+                let p = Problem::bad_request("binary-frame", "send events as text frames");
+                let _ = out.send(Message::text(frame_error(frame, None, &p))).await;
+                frame += 1;
+                continue;
+            }
+            Some(Ok(Message::Close(_))) | None => break,
+            Some(Ok(_)) => continue,
+            Some(Err(tokio_tungstenite::tungstenite::Error::Capacity(_))) => {
+                let _ = out
+                    .send(close(
+                        CLOSE_TOO_BIG,
+                        "frame larger than limits.max_body_bytes",
+                    ))
+                    .await;
+                we_closed = true;
+                break;
+            }
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "websocket ingest read failed");
+                break;
+            }
+        };
+        // Waiting here is the flood control: the socket is not read meanwhile.
+        let Ok(permit) = inflight.clone().acquire_owned().await else {
+            break;
+        };
+        let (app, stream, out) = (app.clone(), stream.clone(), out.clone());
+        tokio::spawn(async move {
+            let reply = answer(&app, &stream, text, frame, mode).await;
+            let _ = out.send(Message::text(reply)).await;
+            drop(permit);
+        });
+        frame += 1;
+    }
+    // Every accepted frame still gets its ack before the socket closes.
+    let _ = inflight.acquire_many(max as u32).await;
+    drop(out);
+    let _ = writer.await;
+    if we_closed {
+        // Closing handshake: let the client's close arrive before the TCP close.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            while let Some(Ok(m)) = source.next().await {
+                if matches!(m, Message::Close(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+}
+
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(borrow)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    events: &'a RawValue,
+}
+
+/// The ack (or error) frame for one text frame.
+async fn answer(app: &Arc<App>, stream: &str, text: Bytes, frame: u64, mode: Mode) -> String {
+    let (id, events) = if mode.envelope {
+        match serde_json::from_slice::<Envelope>(&text) {
+            Ok(e) => (
+                e.id.map(|i| i.get().to_string()),
+                slice(&text, e.events.get()),
+            ),
+            Err(e) => {
+                let p = Problem::bad_request(
+                    "bad-envelope",
+                    format!("with envelope=true a frame is {{\"id\":…,\"events\":[…]}}: {e}"),
+                );
+                return frame_error(frame, None, &p);
+            }
+        }
+    } else {
+        (None, text)
+    };
+    let format = frame_format(&events);
+    match ingest_bytes(
+        app,
+        stream,
+        events,
+        format,
+        Encoding::Identity,
+        mode.durable,
+    )
+    .await
+    {
+        Ok(accepted) => frame_ack(frame, id.as_deref(), &accepted),
+        Err(p) => frame_error(frame, id.as_deref(), &p),
+    }
+}
+
+/// An array or a single-line object is JSON; several lines are NDJSON.
+fn frame_format(events: &[u8]) -> Format {
+    let t = events.trim_ascii();
+    if t.starts_with(b"[") || !t.contains(&b'\n') {
+        Format::Json
+    } else {
+        Format::Ndjson
+    }
+}
+
+fn slice(whole: &Bytes, part: &str) -> Bytes {
+    let start = (part.as_ptr() as usize).saturating_sub(whole.as_ptr() as usize);
+    whole.slice(start..start + part.len())
+}
+
+fn frame_ack(frame: u64, id: Option<&str>, accepted: &Accepted) -> String {
+    let mut v = serde_json::to_value(accepted).unwrap_or_default();
+    tag(&mut v, frame, id);
+    v.to_string()
+}
+
+fn frame_error(frame: u64, id: Option<&str>, problem: &Problem) -> String {
+    let mut v = problem.to_json();
+    tag(&mut v, frame, id);
+    v.to_string()
+}
+
+fn tag(v: &mut serde_json::Value, frame: u64, id: Option<&str>) {
+    if let Some(o) = v.as_object_mut() {
+        o.insert("frame".into(), frame.into());
+        if let Some(id) = id.and_then(|i| serde_json::from_str(i).ok()) {
+            o.insert("id".into(), id);
+        }
+    }
+}

@@ -1,0 +1,110 @@
+//! `GET /v1/streams/{stream}/subscribe`: a WebSocket subscription.
+//!
+//! Owns one subscriber connection: text frames
+//! `{"partition":p,"first_offset":o,"events":[…]}` in log order per
+//! partition. A subscriber more than `websocket.subscriber_queue_frames`
+//! frames behind is closed with [`CLOSE_TOO_SLOW`]; it resumes with
+//! `from=P:O,…` (its last offsets) and misses nothing.
+
+use std::sync::Arc;
+
+use futures::{SinkExt, StreamExt};
+use http::{Request, Response};
+use hyper::body::Incoming;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+
+use super::routes::{Out, PumpEnd, Subscription};
+use crate::body::Body;
+use crate::error::Problem;
+use crate::server::upgrade;
+use crate::server::App;
+
+/// Close code for a subscriber that fell behind its queue.
+pub const CLOSE_TOO_SLOW: u16 = 4008;
+/// Close code when the gateway shuts down.
+pub const CLOSE_GOING_AWAY: u16 = 1001;
+/// How long a closing subscriber has to answer our close frame.
+const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Close code when the store cannot be read.
+pub const CLOSE_STORE_UNAVAILABLE: u16 = 1011;
+
+pub async fn handle(
+    app: &Arc<App>,
+    stream: &str,
+    mut req: Request<Incoming>,
+) -> Result<Response<Body>, Problem> {
+    let sub = Subscription::open(app, stream, &req)?;
+    let (resp, socket) = upgrade::accept(&mut req, 64 * 1024)?;
+    let app = app.clone();
+    tokio::spawn(async move {
+        let Some(socket) = socket.await else { return };
+        metrics::gauge!("sluice_websocket_connections", "kind" => "subscribe").increment(1.0);
+        serve(app, sub, socket).await;
+        metrics::gauge!("sluice_websocket_connections", "kind" => "subscribe").decrement(1.0);
+    });
+    Ok(resp)
+}
+
+async fn serve(app: Arc<App>, sub: Subscription, socket: upgrade::Socket) {
+    let (mut sink, mut source) = socket.split();
+    let (tx, mut rx) = mpsc::channel(app.config.websocket.subscriber_queue_frames.max(1));
+    let pump_app = app.clone();
+    let mut pump = tokio::spawn(async move { sub.pump(&pump_app, Out::Ws(tx)).await });
+    let ping = app.config.websocket.ping_interval_ms;
+    let period = std::time::Duration::from_millis(ping.max(1));
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    let end = loop {
+        tokio::select! {
+            frame = rx.recv() => match frame {
+                Some(f) => {
+                    // Frames are JSON built from stored UTF-8 lines.
+                    let Ok(text) = Utf8Bytes::try_from(f) else { break None };
+                    if sink.send(Message::Text(text)).await.is_err() {
+                        break None;
+                    }
+                }
+                None => break (&mut pump).await.ok(),
+            },
+            incoming = source.next() => match incoming {
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break None,
+                Some(Ok(_)) => {}
+            },
+            _ = ticker.tick() => {
+                if sink.send(Message::Ping(Default::default())).await.is_err() {
+                    break None;
+                }
+            }
+        }
+    };
+    pump.abort();
+    let (code, reason) = match end {
+        Some(PumpEnd::TooSlow) => (
+            CLOSE_TOO_SLOW,
+            "subscriber too slow; resume from your last offsets",
+        ),
+        Some(PumpEnd::Closing) => (CLOSE_GOING_AWAY, "gateway shutting down"),
+        Some(PumpEnd::Failed(_)) => (
+            CLOSE_STORE_UNAVAILABLE,
+            "store unavailable; resume from your last offsets",
+        ),
+        Some(PumpEnd::ClientGone) | None => return,
+    };
+    let close = CloseFrame {
+        code: CloseCode::from(code),
+        reason: reason.into(),
+    };
+    let _ = sink.send(Message::Close(Some(close))).await;
+    // Closing handshake: wait (bounded) for the client's close, so the TCP
+    // close does not reset frames the client has not read yet.
+    let _ = tokio::time::timeout(CLOSE_WAIT, async {
+        while let Some(Ok(m)) = source.next().await {
+            if matches!(m, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
+}

@@ -1,0 +1,77 @@
+//! The WebSocket handshake on a hyper request (RFC 6455 §4.2).
+//!
+//! Owns the 101 answer and turning the upgraded connection into a
+//! `WebSocketStream`. What flows over the socket belongs to the callers.
+
+use http::{header, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::WebSocketStream;
+
+use crate::body::Body;
+use crate::error::Problem;
+
+/// A server-side WebSocket over an upgraded hyper connection.
+pub type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+
+/// Check the upgrade request, answer 101, and hand back the future socket.
+pub fn accept(
+    req: &mut Request<Incoming>,
+    max_frame_bytes: usize,
+) -> Result<
+    (
+        Response<Body>,
+        impl std::future::Future<Output = Option<Socket>>,
+    ),
+    Problem,
+> {
+    let headers = req.headers();
+    let has = |name: header::HeaderName, token: &str| {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|v| v.trim().eq_ignore_ascii_case(token))
+    };
+    if !has(header::UPGRADE, "websocket") || !has(header::CONNECTION, "upgrade") {
+        return Err(Problem::new(
+            StatusCode::UPGRADE_REQUIRED,
+            "websocket-required",
+            "WebSocket required",
+            "this route speaks WebSocket: send Upgrade: websocket",
+        ));
+    }
+    let key = headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .ok_or_else(|| Problem::bad_request("bad-websocket", "Sec-WebSocket-Key is missing"))?;
+    let accept = derive_accept_key(key.as_bytes());
+    let on_upgrade = hyper::upgrade::on(req);
+    let mut resp = Response::new(crate::body::full(bytes::Bytes::new()));
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    h.insert(
+        header::UPGRADE,
+        header::HeaderValue::from_static("websocket"),
+    );
+    h.insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("Upgrade"),
+    );
+    if let Ok(v) = header::HeaderValue::from_str(&accept) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(max_frame_bytes))
+        .max_frame_size(Some(max_frame_bytes));
+    let socket = async move {
+        let upgraded = on_upgrade.await.ok()?;
+        Some(
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
+                .await,
+        )
+    };
+    Ok((resp, socket))
+}
