@@ -265,7 +265,7 @@ async fn bad_inputs_get_specific_problems() {
         assert!(json["detail"].as_str().is_some_and(|d| !d.is_empty()));
         assert_eq!(h["content-type"], "application/problem+json");
     }
-    let resp = client.get(url).send().await.unwrap();
+    let resp = client.put(url).send().await.unwrap();
     assert_eq!(resp.status().as_u16(), 405);
     gw.stop().await;
 }

@@ -50,6 +50,7 @@ where
     let deadline = Instant::now() + policy.deadline;
     let mut backoff = policy.initial;
     loop {
+        metrics::counter!("sluice_store_requests_total", "op" => op_name).increment(1);
         let remaining = deadline.saturating_duration_since(Instant::now());
         let attempt = tokio::time::timeout(remaining.max(Duration::from_millis(1)), op()).await;
         let err = match attempt {
