@@ -1,10 +1,16 @@
 #!/usr/bin/env bash
-# The whole test suite: installs what it needs (moto for the S3 tests), then
-# runs every test target. Usage: bash tests/run.sh [extra cargo test args]
+# The whole test suite: installs what it needs (moto for the S3 tests,
+# Chromium for the browser test), then runs every test target.
+# Usage: bash tests/run.sh [extra cargo test args]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v moto_server >/dev/null 2>&1; then
   python3 -m pip install --quiet 'moto[server]'
+fi
+# tests/browser.rs drives headless Chromium (Debian package; root with apt).
+if [ ! -x /usr/bin/chromium ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y chromium || { apt-get update && apt-get install -y chromium; }
 fi
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/sluice-target}"
 cargo test --all-targets "$@"

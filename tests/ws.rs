@@ -252,3 +252,21 @@ async fn oversized_frame_closes_with_1009() {
     assert_eq!(code, 1009);
     gw.stop().await;
 }
+
+/// `from=latest` is fixed when the subscription is answered: an event
+/// committed right after the upgrade is delivered, older ones are not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latest_starts_at_the_head_when_answered() {
+    let gw = TestGateway::start(one_partition(), memory()).await;
+    let client = reqwest::Client::new();
+    let url = gw.url("/v1/streams/late/events");
+    let r = client.post(&url).body(r#"{"old":1}"#).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let mut sub = connect(&gw, "/v1/streams/late/subscribe").await;
+    let r = client.post(&url).body(r#"{"new":1}"#).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let frame = next_json(&mut sub).await;
+    assert_eq!(frame["first_offset"], 1);
+    assert_eq!(frame["events"][0]["event"].to_string(), r#"{"new":1}"#);
+    gw.stop().await;
+}

@@ -229,7 +229,7 @@ async fn sse(
     stream: &str,
     req: &Request<Incoming>,
 ) -> Result<Response<Body>, Problem> {
-    let sub = Subscription::open(app, stream, req)?;
+    let sub = Subscription::open(app, stream, req).await?;
     let (tx, rx) = mpsc::channel::<Bytes>(8);
     let app = app.clone();
     tokio::spawn(async move {
@@ -277,19 +277,21 @@ pub enum PumpEnd {
 /// One streaming subscriber: its tailers, start positions and permit.
 pub struct Subscription {
     tailers: Vec<Arc<Tailer>>,
-    start: Vec<Option<u64>>,
+    start: Vec<u64>,
     _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl Subscription {
-    /// Check the start positions and the subscriber limit; follow every partition.
-    pub fn open(
+    /// Check the start positions and the subscriber limit, follow every
+    /// partition, and fix `latest` to each partition's head now, before the
+    /// client is answered: an event committed after the answer is never skipped.
+    pub async fn open(
         app: &Arc<App>,
         stream: &str,
         req: &Request<Incoming>,
     ) -> Result<Subscription, Problem> {
         crate::ingest::check_stream_name(app, stream)?;
-        let start = start_positions(app, req)?;
+        let wanted = start_positions(app, req)?;
         let permit = app.subscribers.clone().try_acquire_owned().map_err(|_| {
             Problem::unavailable(
                 "overloaded",
@@ -299,9 +301,14 @@ impl Subscription {
                 ),
             )
         })?;
-        let mut tailers = Vec::with_capacity(start.len());
-        for p in 0..start.len() as u32 {
-            tailers.push(app.readers.tailer(stream, p)?);
+        let (mut tailers, mut start) = (Vec::new(), Vec::new());
+        for (p, from) in wanted.into_iter().enumerate() {
+            let tailer = app.readers.tailer(stream, p as u32)?;
+            start.push(match from {
+                Some(offset) => offset,
+                None => known_head(&mut tailer.subscribe()).await?,
+            });
+            tailers.push(tailer);
         }
         Ok(Subscription {
             tailers,
@@ -314,15 +321,7 @@ impl Subscription {
     /// the client leaves, falls behind (WebSocket), or the gateway drains.
     pub async fn pump(self, app: &App, out: Out) -> PumpEnd {
         let mut heads: Vec<_> = self.tailers.iter().map(|t| t.subscribe()).collect();
-        let mut cursor = Vec::with_capacity(self.start.len());
-        for (h, s) in heads.iter_mut().zip(&self.start) {
-            let head = h
-                .wait_for(Option::is_some)
-                .await
-                .map(|v| (*v).unwrap_or(0))
-                .unwrap_or(0);
-            cursor.push(s.unwrap_or(head));
-        }
+        let mut cursor = self.start;
         let mut closing = app.closing();
         loop {
             let mut sent = false;

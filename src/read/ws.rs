@@ -36,7 +36,7 @@ pub async fn handle(
     stream: &str,
     mut req: Request<Incoming>,
 ) -> Result<Response<Body>, Problem> {
-    let sub = Subscription::open(app, stream, &req)?;
+    let sub = Subscription::open(app, stream, &req).await?;
     let (resp, socket) = upgrade::accept(&mut req, 64 * 1024)?;
     let app = app.clone();
     tokio::spawn(async move {
