@@ -49,6 +49,8 @@ pub struct Readers {
     tenant: String,
     config: ReadConfig,
     cache: SegmentCache,
+    /// Segment fetches under way: readers woken by the same commit share one GET.
+    fetching: Mutex<HashMap<String, Arc<tokio::sync::OnceCell<Bytes>>>>,
     tailers: Mutex<HashMap<(String, u32), Running>>,
 }
 
@@ -59,6 +61,7 @@ impl Readers {
             log,
             tenant: tenant.to_string(),
             config,
+            fetching: Mutex::new(HashMap::new()),
             tailers: Mutex::new(HashMap::new()),
         }
     }
@@ -167,6 +170,8 @@ impl Readers {
         }
     }
 
+    /// A committed segment's lines: from the cache, or one fetch shared by
+    /// every reader that wants it at the same time.
     async fn segment(
         &self,
         path: &crate::log::record::StreamPath,
@@ -176,8 +181,21 @@ impl Readers {
         if let Some(raw) = self.cache.get(&key) {
             return Ok(raw);
         }
-        let raw = self.log.segment_bytes(path, record).await?;
-        self.cache.insert(&key, raw.clone());
-        Ok(raw)
+        let cell = {
+            let mut fetching = self.fetching.lock().unwrap_or_else(|p| p.into_inner());
+            fetching.entry(key.clone()).or_default().clone()
+        };
+        let fetched = cell
+            .get_or_try_init(|| self.log.segment_bytes(path, record))
+            .await
+            .cloned();
+        if let Ok(raw) = &fetched {
+            self.cache.insert(&key, raw.clone());
+        }
+        let mut fetching = self.fetching.lock().unwrap_or_else(|p| p.into_inner());
+        if fetching.get(&key).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+            fetching.remove(&key);
+        }
+        fetched
     }
 }
