@@ -153,6 +153,7 @@ fn run_scenario(
         host: server.addr.to_string(),
         body: body.bytes.clone(),
         respond_async: scenario.respond_async,
+        websocket: scenario.websocket,
     };
     let phases = load::PhaseLengths {
         warmup: plan.warmup,
@@ -212,6 +213,8 @@ mod plan {
     pub struct Scenario {
         pub name: &'static str,
         pub target: Target,
+        /// Frames over `GET …/ws` instead of POSTs (gateway only).
+        pub websocket: bool,
         pub respond_async: bool,
         pub body: BodyKind,
         pub conns: usize,
@@ -259,6 +262,7 @@ mod plan {
         Scenario {
             name,
             target,
+            websocket: false,
             respond_async: false,
             body,
             conns: CEILING_CONNS,
@@ -274,15 +278,25 @@ mod plan {
         Scenario {
             name,
             target: Target::Gateway,
+            websocket: false,
             respond_async,
             body,
             conns,
         }
     }
 
+    /// The same batches as frames on WebSocket ingest connections, one frame
+    /// in flight per connection, like one request in flight per HTTP connection.
+    const fn gateway_ws(name: &'static str, body: BodyKind, conns: usize) -> Scenario {
+        Scenario {
+            websocket: true,
+            ..gateway(name, false, body, conns)
+        }
+    }
+
     /// Every scenario with its default connection count; ceilings first, so
     /// the gateway's rows can be read against them.
-    const ALL: [Scenario; 8] = [
+    const ALL: [Scenario; 9] = [
         ceiling("ceiling-http-1", Target::CeilingHttp, BodyKind::One),
         ceiling("ceiling-http-100", Target::CeilingHttp, BodyKind::Hundred),
         ceiling(
@@ -299,6 +313,7 @@ mod plan {
         gateway("durable-100", false, BodyKind::Hundred, 1000),
         gateway("async-1", true, BodyKind::One, 256),
         gateway("async-100", true, BodyKind::Hundred, 256),
+        gateway_ws("ws-durable-100", BodyKind::Hundred, 1000),
     ];
 
     /// `cargo bench`: every selected scenario, each on a fresh server process
@@ -655,6 +670,7 @@ mod load {
         pub host: String,
         pub body: Bytes,
         pub respond_async: bool,
+        pub websocket: bool,
     }
 
     impl LoadSpec {
@@ -679,16 +695,16 @@ mod load {
 
     /// When measuring starts and when every task stops, fixed once all are connected.
     #[derive(Clone, Copy)]
-    struct Phases {
-        measure_start: Instant,
-        end: Instant,
+    pub(super) struct Phases {
+        pub(super) measure_start: Instant,
+        pub(super) end: Instant,
     }
 
     #[derive(Clone)]
     pub struct Answer {
         pub status: StatusCode,
         pub body: Bytes,
-        close: bool,
+        pub(super) close: bool,
     }
 
     /// What one connection (or, merged, a whole run) saw. Answers and latencies
@@ -706,7 +722,7 @@ mod load {
     }
 
     impl Tally {
-        fn new() -> Tally {
+        pub(super) fn new() -> Tally {
             Tally {
                 latency_us: Histogram::new_with_bounds(1, MAX_LATENCY_US, HISTOGRAM_SIGFIG)
                     .expect("the latency histogram's bounds are valid"),
@@ -719,7 +735,7 @@ mod load {
             }
         }
 
-        fn record(&mut self, answer: &Answer, latency: Duration) {
+        pub(super) fn record(&mut self, answer: &Answer, latency: Duration) {
             if answer.status.is_success() {
                 let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
                 self.latency_us.saturating_record(micros);
@@ -740,7 +756,7 @@ mod load {
             }
         }
 
-        fn connection_error(&mut self, what: String) {
+        pub(super) fn connection_error(&mut self, what: String) {
             self.conn_errors += 1;
             self.first_failure.get_or_insert(what);
         }
@@ -796,6 +812,9 @@ mod load {
         connected: Arc<Barrier>,
         mut started: watch::Receiver<Option<Phases>>,
     ) -> Tally {
+        if spec.websocket {
+            return super::ws_load::connection_task(spec, connected, started).await;
+        }
         let mut tally = Tally::new();
         let mut sender = connect(&spec, &mut tally, Instant::now() + CONNECT_TIMEOUT).await;
         connected.wait().await;
@@ -814,7 +833,7 @@ mod load {
         }
     }
 
-    async fn wait_for_start(started: &mut watch::Receiver<Option<Phases>>) -> Phases {
+    pub(super) async fn wait_for_start(started: &mut watch::Receiver<Option<Phases>>) -> Phases {
         let signal = started
             .wait_for(Option::is_some)
             .await
@@ -889,6 +908,89 @@ mod load {
             body,
             close,
         })
+    }
+}
+
+/// WebSocket ingest load: one connection, one frame in flight, ack by ack.
+mod ws_load {
+    use std::sync::Arc;
+
+    use futures::{SinkExt, StreamExt};
+    use http::StatusCode;
+    use tokio::sync::{watch, Barrier};
+    use tokio::time::{timeout_at, Instant};
+    use tokio_tungstenite::tungstenite::Message;
+
+    use super::load::{wait_for_start, Answer, LoadSpec, Phases, Tally};
+
+    type Socket = tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >;
+
+    pub async fn connection_task(
+        spec: Arc<LoadSpec>,
+        connected: Arc<Barrier>,
+        mut started: watch::Receiver<Option<Phases>>,
+    ) -> Tally {
+        let mut tally = Tally::new();
+        let url = format!("ws://{}/v1/streams/pageviews/ws", spec.addr);
+        let socket = match tokio_tungstenite::connect_async(url).await {
+            Ok((s, _)) => Some(s),
+            Err(e) => {
+                tally.connection_error(format!("websocket connect: {e}"));
+                None
+            }
+        };
+        connected.wait().await;
+        let phases = wait_for_start(&mut started).await;
+        if let Some(socket) = socket {
+            drive(socket, &spec, &phases, &mut tally).await;
+        }
+        tally
+    }
+
+    async fn drive(mut socket: Socket, spec: &LoadSpec, phases: &Phases, tally: &mut Tally) {
+        let frame = String::from_utf8_lossy(&spec.body).into_owned();
+        loop {
+            let sent = Instant::now();
+            if sent >= phases.end {
+                return;
+            }
+            if socket.send(Message::text(frame.clone())).await.is_err() {
+                tally.connection_error("websocket send failed".into());
+                return;
+            }
+            let Ok(Some(ack)) = timeout_at(phases.end, next_text(&mut socket)).await else {
+                return; // in flight when the run ended, or the socket closed
+            };
+            if sent >= phases.measure_start {
+                tally.record(&answer_of(ack), sent.elapsed());
+            }
+        }
+    }
+
+    async fn next_text(socket: &mut Socket) -> Option<bytes::Bytes> {
+        while let Some(Ok(msg)) = socket.next().await {
+            if let Message::Text(t) = msg {
+                return Some(bytes::Bytes::from(t));
+            }
+        }
+        None
+    }
+
+    /// An ack with `accepted` is a 200; an error frame carries its `status`.
+    fn answer_of(ack: bytes::Bytes) -> Answer {
+        let v: serde_json::Value = serde_json::from_slice(&ack).unwrap_or_default();
+        let status = match v.get("status").and_then(|s| s.as_u64()) {
+            Some(code) => StatusCode::from_u16(code as u16).unwrap_or(StatusCode::BAD_GATEWAY),
+            None if v.get("accepted").is_some() => StatusCode::OK,
+            None => StatusCode::BAD_GATEWAY,
+        };
+        Answer {
+            status,
+            body: ack,
+            close: false,
+        }
     }
 }
 
