@@ -258,10 +258,15 @@ impl Log {
 
     /// The partition's current head, found in O(log n) requests.
     ///
-    /// A read: it never moves this writer's cached head, which only the
-    /// commit path advances (so a retried segment still finds its own record).
+    /// A writer that knows no head yet starts from this one. A head it already
+    /// knows is never moved here (only the commit path moves it), so a
+    /// segment retried after an error still finds its own record.
     pub async fn head(&self, stream: &StreamPath, partition: u32) -> Result<Head, LogError> {
-        self.discover(stream, partition).await
+        let slot = self.head_slot((stream.clone(), partition));
+        let mut guard = slot.lock().await;
+        let head = self.discover(stream, partition).await?;
+        guard.get_or_insert(head);
+        Ok(head)
     }
 }
 

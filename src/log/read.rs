@@ -22,6 +22,18 @@ pub struct ReadBatch {
     pub events: Vec<Bytes>,
 }
 
+impl ReadBatch {
+    /// Append `record`'s lines (its decompressed segment is `raw`) from
+    /// `next_offset` on, until the batch holds `limit` events.
+    pub fn extend_from(&mut self, record: &CommitRecord, raw: &Bytes, limit: usize) {
+        let skip = (self.next_offset - record.first_offset) as usize;
+        let room = limit.saturating_sub(self.events.len());
+        self.events
+            .extend(segment::lines(raw).skip(skip).take(room));
+        self.next_offset = self.first_offset + self.events.len() as u64;
+    }
+}
+
 impl Log {
     /// The seq and record that hold `offset`, or `None` when the offset is at
     /// or past the head.
@@ -83,12 +95,7 @@ impl Log {
         };
         loop {
             let raw = self.segment_bytes(stream, &record).await?;
-            let skip = (batch.next_offset - record.first_offset) as usize;
-            let room = max_events - batch.events.len();
-            batch
-                .events
-                .extend(segment::lines(&raw).skip(skip).take(room));
-            batch.next_offset = batch.first_offset + batch.events.len() as u64;
+            batch.extend_from(&record, &raw, max_events);
             if batch.events.len() >= max_events {
                 return Ok(batch);
             }

@@ -150,12 +150,7 @@ impl Readers {
         };
         loop {
             let raw = self.segment(path, &record).await?;
-            let skip = (batch.next_offset - record.first_offset) as usize;
-            let room = limit - batch.events.len();
-            batch
-                .events
-                .extend(crate::log::segment::lines(&raw).skip(skip).take(room));
-            batch.next_offset = offset + batch.events.len() as u64;
+            batch.extend_from(&record, &raw, limit);
             if batch.events.len() >= limit || batch.next_offset >= head {
                 return Ok(batch);
             }
