@@ -26,3 +26,4 @@ pub mod names;
 pub mod read;
 pub mod server;
 pub mod store;
+pub mod tail;

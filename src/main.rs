@@ -1,4 +1,4 @@
-//! The `sluice` command line: `serve`.
+//! The `sluice` command line: `serve` and `tail`.
 
 use std::path::PathBuf;
 
@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 use sluice::config::Config;
 use sluice::server::Gateway;
 use sluice::store::StoreKind;
+use sluice::tail::{Source, Start, Stopped, TailOptions};
 
 #[derive(Parser)]
 #[command(name = "sluice", version, about = "Stateless edge ingestion gateway")]
@@ -23,15 +24,43 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Print a stream's events as NDJSON as they are committed (Ctrl-C stops).
+    Tail {
+        /// Stream to follow.
+        stream: String,
+        /// Gateway to read from.
+        #[arg(long, env = "SLUICE_URL", default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// Where to start: earliest, latest (only new events) or
+        /// PARTITION:OFFSET,… (partitions not named start at latest).
+        #[arg(long, default_value = "latest")]
+        from: Start,
+        /// Read the bucket directly instead of a gateway: file://PATH,
+        /// s3://BUCKET/PREFIX (same form as SLUICE_STORE). Overrides --url.
+        #[arg(long)]
+        store: Option<String>,
+        /// Tenant whose stream is read (with --store).
+        #[arg(long, default_value = "default")]
+        tenant: String,
+        /// Partitions when they cannot be learned: the stream has no events
+        /// yet (gateway), or fewer exist in the bucket (with --store).
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=9999))]
+        partitions: u32,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // `tail` owns stdout and keeps stderr for warnings and errors.
+    let default_level = match cli.command {
+        Command::Serve { .. } => "info",
+        Command::Tail { .. } => "warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
                 .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -41,7 +70,38 @@ fn main() -> anyhow::Result<()> {
         .context("cannot start the async runtime")?;
     match cli.command {
         Command::Serve { config } => runtime.block_on(serve(config)),
+        Command::Tail {
+            stream,
+            url,
+            from,
+            store,
+            tenant,
+            partitions,
+        } => {
+            let source = match store {
+                Some(url) => Source::Store { url, tenant },
+                None => Source::Gateway { url },
+            };
+            let opts = TailOptions {
+                stream,
+                source,
+                start: from,
+                partitions,
+            };
+            runtime.block_on(tail(opts))
+        }
     }
+}
+
+async fn tail(opts: TailOptions) -> anyhow::Result<()> {
+    let stopped = sluice::tail::run(opts, std::io::stdout(), shutdown_signal()).await?;
+    if let Stopped::Signal { resume } = stopped {
+        let resume = resume.to_string();
+        if !resume.is_empty() {
+            eprintln!("sluice tail: stopped; to continue: --from {resume}");
+        }
+    }
+    Ok(())
 }
 
 async fn serve(file: Option<PathBuf>) -> anyhow::Result<()> {
