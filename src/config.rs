@@ -73,6 +73,9 @@ pub struct ReadConfig {
     pub max_wait_ms: u64,
     /// Most events one read returns (`limit`).
     pub max_events_per_read: usize,
+    /// Most bytes of events one read or one pushed frame holds (at least one
+    /// event always goes out, so a reader never stalls on a large event).
+    pub max_batch_bytes: usize,
     /// Most Server-Sent-Events connections at once; more get 503.
     pub max_subscribers: usize,
 }
@@ -180,6 +183,7 @@ impl Default for ReadConfig {
             max_tailers: 4_096,
             max_wait_ms: 30_000,
             max_events_per_read: 10_000,
+            max_batch_bytes: 1024 * 1024,
             max_subscribers: 1_000,
         }
     }

@@ -97,11 +97,23 @@ async fn long_poll_walks_the_log_exactly_once() {
     gw.stop().await;
 }
 
-/// A long-poll at the head returns as soon as an event is committed.
+/// A long-poll at the head returns as soon as an event is committed: the
+/// tailer polls only once a minute here, so only the commit's wake-up can
+/// deliver in time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_poll_wakes_on_commit() {
-    let gw = TestGateway::start(one_partition(), memory()).await;
+    let mut config = one_partition();
+    config.read.poll_interval_ms = 60_000;
+    config.read.idle_poll_max_ms = 60_000;
+    let gw = TestGateway::start(config, memory()).await;
     let client = reqwest::Client::new();
+    // Start the partition's tailer (head 0) before anything is committed.
+    let (status, _) = get(
+        &client,
+        &gw.url("/v1/streams/wake/events?partition=0&offset=0"),
+    )
+    .await;
+    assert_eq!(status, 200);
     let poll_url = gw.url("/v1/streams/wake/events?partition=0&offset=0&wait=20000");
     let poll = tokio::spawn({
         let client = client.clone();
@@ -121,6 +133,40 @@ async fn long_poll_wakes_on_commit() {
     assert_eq!(events_of(&answer), vec![r#"{"hello":1}"#]);
     assert_eq!(answer["next_offset"], 1);
     gw.stop().await;
+}
+
+/// A gateway whose tailer lags the log (another gateway just acked) asks
+/// the store before calling an offset out of range.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lagging_gateway_does_not_answer_416() {
+    let place = Place::new(Backend::File);
+    let mut slow = one_partition();
+    slow.read.poll_interval_ms = 60_000;
+    slow.read.idle_poll_max_ms = 60_000;
+    let a = TestGateway::start(one_partition(), place.store()).await;
+    let b = TestGateway::start(slow, place.store()).await;
+    let client = reqwest::Client::new();
+    let (status, _) = get(&client, &b.url("/v1/streams/lag/events")).await;
+    assert_eq!(status, 200, "B follows the empty partition");
+    post(
+        &client,
+        &a.url("/v1/streams/lag/events"),
+        r#"[{"x":0},{"x":1}]"#.into(),
+    )
+    .await;
+    let (status, answer) = get(&client, &b.url("/v1/streams/lag/events?offset=1")).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(events_of(&answer), vec![r#"{"x":1}"#]);
+    let (status, answer) = get(&client, &b.url("/v1/streams/lag/events?offset=2")).await;
+    assert_eq!(
+        (status, answer["next_offset"].as_u64()),
+        (200, Some(2)),
+        "{answer}"
+    );
+    let (status, _) = get(&client, &b.url("/v1/streams/lag/events?offset=3")).await;
+    assert_eq!(status, 416, "past the store's head it is out of range");
+    a.stop().await;
+    b.stop().await;
 }
 
 /// Events posted to gateway A reach a long-poller on gateway B, in order.

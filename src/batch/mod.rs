@@ -72,6 +72,7 @@ pub struct Batcher {
     streams: RwLock<Option<HashMap<String, Arc<StreamEntry>>>>,
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
     closing: watch::Sender<bool>,
+    hurry: watch::Sender<bool>,
     on_commit: Option<CommitHook>,
 }
 
@@ -101,6 +102,7 @@ impl Batcher {
             streams: RwLock::new(Some(HashMap::new())),
             tasks: std::sync::Mutex::new(Vec::new()),
             closing: watch::channel(false).0,
+            hurry: watch::channel(false).0,
             on_commit: None,
         }
     }
@@ -219,6 +221,7 @@ impl Batcher {
             budget: self.budget.clone(),
             chooser: PartitionChooser::new(self.log.writer(), self.streams_config.partitions),
             closing: self.closing.subscribe(),
+            hurry: self.hurry.subscribe(),
             on_commit: self.on_commit.clone(),
         };
         let handle = tokio::spawn(task.run(rx));
@@ -232,6 +235,12 @@ impl Batcher {
             accepted: metrics::counter!("sluice_events_total", "stream" => label.clone(), "outcome" => "accepted"),
             bytes: metrics::counter!("sluice_ingest_bytes_total", "stream" => label),
         }
+    }
+
+    /// Seal every buffer now and from now on (the gateway is draining):
+    /// requests still in flight get their acks without waiting `max_age`.
+    pub fn hurry(&self) {
+        self.hurry.send_replace(true);
     }
 
     /// Stop taking submissions, flush and commit everything buffered, and

@@ -46,6 +46,9 @@ pub(super) struct StreamTask {
     pub chooser: PartitionChooser,
     /// Turns true on shutdown: stop taking submissions, flush, return.
     pub closing: watch::Receiver<bool>,
+    /// Turns true when the gateway starts draining: from then on every buffer
+    /// is sealed at once (`max_age` 0), so waiting requests get their acks.
+    pub hurry: watch::Receiver<bool>,
     pub on_commit: Option<super::CommitHook>,
 }
 
@@ -53,6 +56,8 @@ impl StreamTask {
     /// Run until `rx` closes, then flush what is left and return when committed.
     pub async fn run(self, mut rx: mpsc::Receiver<Submission>) {
         let mut closing = self.closing.clone();
+        let mut hurry = self.hurry.clone();
+        let mut max_age = self.config.max_age();
         let (tx_commit, rx_commit) = mpsc::channel::<Pending>(1);
         let committer = tokio::spawn(Committer::from(&self).run(rx_commit));
         let mut pending = self.empty();
@@ -64,6 +69,11 @@ impl StreamTask {
                 // arrives, then `recv` ends the loop.
                 _ = async { closing.wait_for(|c| *c).await.map(|_| ()) }, if !rx.is_closed() => {
                     rx.close();
+                    continue;
+                }
+                _ = async { hurry.wait_for(|h| *h).await.map(|_| ()) }, if !max_age.is_zero() => {
+                    max_age = std::time::Duration::ZERO;
+                    deadline = deadline.map(|_| Instant::now());
                     continue;
                 }
                 _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
@@ -80,7 +90,7 @@ impl StreamTask {
                 self.seal(&mut pending, &tx_commit).await;
             }
             add(&mut pending, sub);
-            deadline.get_or_insert_with(|| Instant::now() + self.config.max_age());
+            deadline.get_or_insert_with(|| Instant::now() + max_age);
             if pending.builder.len() >= self.config.max_bytes
                 || pending.builder.count() >= self.config.max_events as u64
             {

@@ -53,9 +53,12 @@ pub async fn handle(
             .split('&')
             .any(|kv| kv == "envelope=true"),
     };
+    upgrade::check(&req)?;
+    let permit = app.socket_permit()?;
     let (resp, socket) = upgrade::accept(&mut req, app.config.limits.max_body_bytes)?;
     let (app, stream) = (app.clone(), stream.to_string());
     tokio::spawn(async move {
+        let _permit = permit;
         if let Some(socket) = socket.await {
             metrics::gauge!("sluice_websocket_connections", "kind" => "ingest").increment(1.0);
             serve(app, stream, socket, mode).await;
@@ -87,13 +90,13 @@ async fn serve(app: Arc<App>, stream: String, socket: Socket, mode: Mode) {
     let inflight = Arc::new(Semaphore::new(max));
     let mut closing = app.closing();
     let mut frame = 0u64;
-    let mut we_closed = false;
+    // The close we send, once every frame read has its answer.
+    let mut closing_with: Option<Message> = None;
     loop {
         let next = tokio::select! {
             m = source.next() => m,
             _ = async { closing.wait_for(|c| *c).await.map(|_| ()) } => {
-                let _ = out.send(close(CLOSE_GOING_AWAY, "gateway shutting down")).await;
-                we_closed = true;
+                closing_with = Some(close(CLOSE_GOING_AWAY, "gateway shutting down"));
                 break;
             }
         };
@@ -108,13 +111,10 @@ async fn serve(app: Arc<App>, stream: String, socket: Socket, mode: Mode) {
             Some(Ok(Message::Close(_))) | None => break,
             Some(Ok(_)) => continue,
             Some(Err(tokio_tungstenite::tungstenite::Error::Capacity(_))) => {
-                let _ = out
-                    .send(close(
-                        CLOSE_TOO_BIG,
-                        "frame larger than limits.max_body_bytes",
-                    ))
-                    .await;
-                we_closed = true;
+                closing_with = Some(close(
+                    CLOSE_TOO_BIG,
+                    "frame larger than limits.max_body_bytes",
+                ));
                 break;
             }
             Some(Err(e)) => {
@@ -134,8 +134,12 @@ async fn serve(app: Arc<App>, stream: String, socket: Socket, mode: Mode) {
         });
         frame += 1;
     }
-    // Every accepted frame still gets its ack before the socket closes.
+    // Every frame read gets its answer before our close goes out.
     let _ = inflight.acquire_many(max as u32).await;
+    let we_closed = closing_with.is_some();
+    if let Some(frame) = closing_with {
+        let _ = out.send(frame).await;
+    }
     drop(out);
     let _ = writer.await;
     if we_closed {

@@ -24,12 +24,26 @@ pub struct ReadBatch {
 
 impl ReadBatch {
     /// Append `record`'s lines (its decompressed segment is `raw`) from
-    /// `next_offset` on, until the batch holds `limit` events.
-    pub fn extend_from(&mut self, record: &CommitRecord, raw: &Bytes, limit: usize) {
+    /// `next_offset` on, until the batch holds `limit` events or `max_bytes`
+    /// bytes of them (always at least one event, so a reader moves on).
+    pub fn extend_from(
+        &mut self,
+        record: &CommitRecord,
+        raw: &Bytes,
+        limit: usize,
+        max_bytes: usize,
+    ) {
         let skip = (self.next_offset - record.first_offset) as usize;
-        let room = limit.saturating_sub(self.events.len());
-        self.events
-            .extend(segment::lines(raw).skip(skip).take(room));
+        let mut bytes: usize = self.events.iter().map(Bytes::len).sum();
+        for line in segment::lines(raw).skip(skip) {
+            let full = self.events.len() >= limit
+                || (!self.events.is_empty() && bytes + line.len() > max_bytes);
+            if full {
+                break;
+            }
+            bytes += line.len();
+            self.events.push(line);
+        }
         self.next_offset = self.first_offset + self.events.len() as u64;
     }
 }
@@ -95,7 +109,7 @@ impl Log {
         };
         loop {
             let raw = self.segment_bytes(stream, &record).await?;
-            batch.extend_from(&record, &raw, max_events);
+            batch.extend_from(&record, &raw, max_events, usize::MAX);
             if batch.events.len() >= max_events {
                 return Ok(batch);
             }

@@ -50,7 +50,7 @@ pub struct Readers {
     config: ReadConfig,
     cache: SegmentCache,
     /// Segment fetches under way: readers woken by the same commit share one GET.
-    fetching: Mutex<HashMap<String, Arc<tokio::sync::OnceCell<Bytes>>>>,
+    fetching: Fetches,
     tailers: Mutex<HashMap<(String, u32), Running>>,
 }
 
@@ -78,11 +78,10 @@ impl Readers {
     pub fn tailer(&self, stream: &str, partition: u32) -> Result<Arc<Tailer>, ReadError> {
         let mut tailers = self.tailers.lock().unwrap_or_else(|p| p.into_inner());
         let key = (stream.to_string(), partition);
-        if let Some(r) = tailers.get(&key).filter(|r| !r.task.is_finished()) {
-            r.tailer.touch();
+        if let Some(r) = tailers.get(&key).filter(|r| r.tailer.touch()) {
             return Ok(r.tailer.clone());
         }
-        tailers.retain(|_, r| !r.task.is_finished());
+        tailers.retain(|_, r| !r.task.is_finished() && !r.tailer.stopped());
         if tailers.len() >= self.config.max_tailers {
             return Err(ReadError::TooManyTailers {
                 limit: self.config.max_tailers,
@@ -150,8 +149,9 @@ impl Readers {
         };
         loop {
             let raw = self.segment(path, &record).await?;
-            batch.extend_from(&record, &raw, limit);
-            if batch.events.len() >= limit || batch.next_offset >= head {
+            batch.extend_from(&record, &raw, limit, self.config.max_batch_bytes);
+            // Stopped inside this record (limit or bytes), or reached the head.
+            if batch.next_offset < record.next_offset() || batch.next_offset >= head {
                 return Ok(batch);
             }
             seq += 1;
@@ -180,6 +180,12 @@ impl Readers {
             let mut fetching = self.fetching.lock().unwrap_or_else(|p| p.into_inner());
             fetching.entry(key.clone()).or_default().clone()
         };
+        // Removes the entry however this call ends, cancellation included.
+        let _done = FetchDone {
+            fetching: &self.fetching,
+            key: &key,
+            cell: &cell,
+        };
         let fetched = cell
             .get_or_try_init(|| self.log.segment_bytes(path, record))
             .await
@@ -187,10 +193,27 @@ impl Readers {
         if let Ok(raw) = &fetched {
             self.cache.insert(&key, raw.clone());
         }
-        let mut fetching = self.fetching.lock().unwrap_or_else(|p| p.into_inner());
-        if fetching.get(&key).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
-            fetching.remove(&key);
-        }
         fetched
+    }
+}
+
+type Fetches = Mutex<HashMap<String, Arc<tokio::sync::OnceCell<Bytes>>>>;
+
+/// Drops a finished (or abandoned) fetch from the in-flight map.
+struct FetchDone<'a> {
+    fetching: &'a Fetches,
+    key: &'a str,
+    cell: &'a Arc<tokio::sync::OnceCell<Bytes>>,
+}
+
+impl Drop for FetchDone<'_> {
+    fn drop(&mut self) {
+        let mut fetching = self.fetching.lock().unwrap_or_else(|p| p.into_inner());
+        if fetching
+            .get(self.key)
+            .is_some_and(|c| Arc::ptr_eq(c, self.cell))
+        {
+            fetching.remove(self.key);
+        }
     }
 }

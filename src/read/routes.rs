@@ -122,6 +122,19 @@ async fn long_poll(
         Some(&"earliest") | None => 0,
         Some(_) => number::<u64>(&q, "offset")?.unwrap_or(0),
     };
+    // This gateway's tailer may lag the log (another gateway just acked
+    // `offset`): ask the store before calling the offset out of range.
+    let head = if offset > head {
+        tailer.wake();
+        let real = app
+            .log
+            .head(tailer.path(), partition)
+            .await
+            .map_err(ReadError::from)?;
+        real.next_offset
+    } else {
+        head
+    };
     let head = if head == offset && !wait.is_zero() {
         wait_past(&mut heads, offset, Instant::now() + wait, app.closing()).await
     } else {
@@ -278,7 +291,7 @@ pub enum PumpEnd {
 pub struct Subscription {
     tailers: Vec<Arc<Tailer>>,
     start: Vec<u64>,
-    _permit: tokio::sync::OwnedSemaphorePermit,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl Subscription {
@@ -313,8 +326,14 @@ impl Subscription {
         Ok(Subscription {
             tailers,
             start,
-            _permit: permit,
+            permit: Some(permit),
         })
+    }
+
+    /// The subscriber permit, for a caller that outlives the pump (it must
+    /// hold the slot until its socket is gone).
+    pub fn take_permit(&mut self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.permit.take()
     }
 
     /// Push every partition's new events, in log order per partition, until
@@ -340,7 +359,9 @@ impl Subscription {
                     Err(e) => return PumpEnd::Failed(e),
                 };
                 cursor[i] = batch.next_offset;
-                if let Some(end) = deliver(&out, &cursor, tailer.partition, &batch).await {
+                if let Some(end) =
+                    deliver(&out, &cursor, tailer.partition, &batch, &mut closing).await
+                {
                     return end;
                 }
                 sent = true;
@@ -365,14 +386,20 @@ impl Subscription {
     }
 }
 
-/// Send one batch; `Some` when the subscription must end.
-async fn deliver(out: &Out, cursor: &[u64], partition: u32, batch: &ReadBatch) -> Option<PumpEnd> {
+/// Send one batch; `Some` when the subscription must end. An SSE client that
+/// stops reading cannot hold up a drain: the send gives way to `closing`.
+async fn deliver(
+    out: &Out,
+    cursor: &[u64],
+    partition: u32,
+    batch: &ReadBatch,
+    closing: &mut watch::Receiver<bool>,
+) -> Option<PumpEnd> {
     match out {
-        Out::Sse(tx) => tx
-            .send(sse_frame(cursor, partition, batch))
-            .await
-            .err()
-            .map(|_| PumpEnd::ClientGone),
+        Out::Sse(tx) => tokio::select! {
+            sent = tx.send(sse_frame(cursor, partition, batch)) => sent.err().map(|_| PumpEnd::ClientGone),
+            _ = async { closing.wait_for(|c| *c).await.map(|_| ()) } => Some(PumpEnd::Closing),
+        },
         Out::Ws(tx) => match tx.try_send(batch_json(partition, batch, false)) {
             Ok(()) => None,
             Err(mpsc::error::TrySendError::Full(_)) => Some(PumpEnd::TooSlow),

@@ -36,7 +36,9 @@ pub struct Tailer {
     head: watch::Sender<Option<u64>>,
     index: Mutex<VecDeque<(u64, CommitRecord)>>,
     wake: Notify,
-    used: Mutex<Instant>,
+    /// When a reader last used this tailer, and whether it has stopped; both
+    /// under one lock, so a tailer never stops while being handed out.
+    used: Mutex<(Instant, bool)>,
 }
 
 impl Tailer {
@@ -47,7 +49,7 @@ impl Tailer {
             head: watch::channel(None).0,
             index: Mutex::new(VecDeque::new()),
             wake: Notify::new(),
-            used: Mutex::new(Instant::now()),
+            used: Mutex::new((Instant::now(), false)),
         })
     }
 
@@ -57,7 +59,8 @@ impl Tailer {
 
     /// Offset one past the last committed event, once known.
     pub fn subscribe(&self) -> watch::Receiver<Option<u64>> {
-        self.touch();
+        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        used.0 = Instant::now();
         self.head.subscribe()
     }
 
@@ -66,8 +69,11 @@ impl Tailer {
         self.wake.notify_one();
     }
 
-    pub fn touch(&self) {
-        *self.used.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+    /// Mark a use; `false` when the tailer has already stopped (start a new one).
+    pub fn touch(&self) -> bool {
+        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        used.0 = Instant::now();
+        !used.1
     }
 
     /// The recent record holding `offset`, with its seq.
@@ -97,11 +103,17 @@ impl Tailer {
         self.head.send_replace(Some(next));
     }
 
-    fn idle_for(&self) -> Duration {
-        self.used
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .elapsed()
+    /// Stop if nobody used this tailer for `linger` and nobody waits on it.
+    fn stop_if_unused(&self, linger: Duration) -> bool {
+        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        if used.0.elapsed() > linger && self.head.receiver_count() == 0 {
+            used.1 = true;
+        }
+        used.1
+    }
+
+    pub fn stopped(&self) -> bool {
+        self.used.lock().unwrap_or_else(|p| p.into_inner()).1
     }
 
     /// Follow the log until nobody has used this tailer for `linger`.
@@ -130,7 +142,7 @@ impl Tailer {
                 Ok(None) => {}
                 Err(e) => tracing::warn!(error = %e, "tailer poll failed"),
             }
-            if self.idle_for() > cadence.linger && self.head.receiver_count() == 0 {
+            if self.stop_if_unused(cadence.linger) {
                 return;
             }
             tokio::select! {

@@ -36,10 +36,14 @@ pub async fn handle(
     stream: &str,
     mut req: Request<Incoming>,
 ) -> Result<Response<Body>, Problem> {
-    let sub = Subscription::open(app, stream, &req).await?;
+    upgrade::check(&req)?;
+    let permit = app.socket_permit()?;
+    let mut sub = Subscription::open(app, stream, &req).await?;
+    let subscriber = sub.take_permit();
     let (resp, socket) = upgrade::accept(&mut req, 64 * 1024)?;
     let app = app.clone();
     tokio::spawn(async move {
+        let _permits = (permit, subscriber);
         let Some(socket) = socket.await else { return };
         metrics::gauge!("sluice_websocket_connections", "kind" => "subscribe").increment(1.0);
         serve(app, sub, socket).await;
@@ -62,7 +66,9 @@ async fn serve(app: Arc<App>, sub: Subscription, socket: upgrade::Socket) {
                 Some(f) => {
                     // Frames are JSON built from stored UTF-8 lines.
                     let Ok(text) = Utf8Bytes::try_from(f) else { break None };
-                    if sink.send(Message::Text(text)).await.is_err() {
+                    // A client that keeps TCP open but never reads is let go.
+                    let sent = tokio::time::timeout(CLOSE_WAIT, sink.send(Message::Text(text))).await;
+                    if !matches!(sent, Ok(Ok(()))) {
                         break None;
                     }
                 }
@@ -73,7 +79,8 @@ async fn serve(app: Arc<App>, sub: Subscription, socket: upgrade::Socket) {
                 Some(Ok(_)) => {}
             },
             _ = ticker.tick() => {
-                if sink.send(Message::Ping(Default::default())).await.is_err() {
+                let sent = tokio::time::timeout(CLOSE_WAIT, sink.send(Message::Ping(Default::default()))).await;
+                if !matches!(sent, Ok(Ok(()))) {
                     break None;
                 }
             }
@@ -96,7 +103,7 @@ async fn serve(app: Arc<App>, sub: Subscription, socket: upgrade::Socket) {
         code: CloseCode::from(code),
         reason: reason.into(),
     };
-    let _ = sink.send(Message::Close(Some(close))).await;
+    let _ = tokio::time::timeout(CLOSE_WAIT, sink.send(Message::Close(Some(close)))).await;
     // Closing handshake: wait (bounded) for the client's close, so the TCP
     // close does not reset frames the client has not read yet.
     let _ = tokio::time::timeout(CLOSE_WAIT, async {

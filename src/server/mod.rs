@@ -45,14 +45,33 @@ pub struct App {
     pub log: Arc<Log>,
     pub batcher: Batcher,
     pub readers: Arc<Readers>,
-    /// Permits for streaming subscribers (SSE), `read.max_subscribers`.
+    /// Permits for streaming subscribers (SSE, WebSocket), `read.max_subscribers`.
     pub subscribers: Arc<Semaphore>,
+    /// Permits for upgraded (WebSocket) connections, which leave hyper's
+    /// connection count when they upgrade: `server.max_connections`, and the
+    /// drain waits for them.
+    pub sockets: Arc<Semaphore>,
     pub metrics: PrometheusHandle,
     draining: AtomicBool,
     closing: watch::Sender<bool>,
 }
 
 impl App {
+    /// A permit for one upgraded connection, or 503 when all are taken.
+    pub fn socket_permit(
+        &self,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, crate::error::Problem> {
+        self.sockets.clone().try_acquire_owned().map_err(|_| {
+            crate::error::Problem::unavailable(
+                "overloaded",
+                format!(
+                    "this gateway already holds {} connections (server.max_connections)",
+                    self.config.server.max_connections
+                ),
+            )
+        })
+    }
+
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
     }
@@ -108,6 +127,7 @@ impl Gateway {
         }));
         let app = Arc::new(App {
             subscribers: Arc::new(Semaphore::new(config.read.max_subscribers)),
+            sockets: Arc::new(Semaphore::new(config.server.max_connections)),
             config,
             log,
             batcher,
@@ -183,6 +203,7 @@ async fn drain(
 ) {
     app.draining.store(true, Ordering::Relaxed);
     app.closing.send_replace(true);
+    app.batcher.hurry();
     metrics::gauge!("sluice_draining").set(1.0);
     drop(listener);
     tracing::info!("draining: finishing in-flight requests, then flushing buffers");
@@ -191,10 +212,11 @@ async fn drain(
     let all = u32::try_from(max).unwrap_or(u32::MAX);
     // Two phases, each bounded on its own: a stuck client must not cost the
     // flush of what other clients were already told was accepted.
-    if tokio::time::timeout(limit, permits.acquire_many(all))
-        .await
-        .is_err()
-    {
+    let connections = async {
+        let _ = permits.acquire_many(all).await;
+        let _ = app.sockets.acquire_many(all).await;
+    };
+    if tokio::time::timeout(limit, connections).await.is_err() {
         tracing::warn!("connections still open after server.drain_timeout_ms; flushing anyway");
     }
     match tokio::time::timeout(limit, app.batcher.shutdown()).await {

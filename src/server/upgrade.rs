@@ -16,17 +16,8 @@ use crate::error::Problem;
 /// A server-side WebSocket over an upgraded hyper connection.
 pub type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 
-/// Check the upgrade request, answer 101, and hand back the future socket.
-pub fn accept(
-    req: &mut Request<Incoming>,
-    max_frame_bytes: usize,
-) -> Result<
-    (
-        Response<Body>,
-        impl std::future::Future<Output = Option<Socket>>,
-    ),
-    Problem,
-> {
+/// Is this a WebSocket upgrade request? No side effects: call it before any work.
+pub fn check(req: &Request<Incoming>) -> Result<(), Problem> {
     let headers = req.headers();
     let has = |name: header::HeaderName, token: &str| {
         headers
@@ -44,10 +35,32 @@ pub fn accept(
             "this route speaks WebSocket: send Upgrade: websocket",
         ));
     }
-    let key = headers
+    if !headers.contains_key(header::SEC_WEBSOCKET_KEY) {
+        return Err(Problem::bad_request(
+            "bad-websocket",
+            "Sec-WebSocket-Key is missing",
+        ));
+    }
+    Ok(())
+}
+
+/// Answer 101 to a checked upgrade request and hand back the future socket.
+pub fn accept(
+    req: &mut Request<Incoming>,
+    max_frame_bytes: usize,
+) -> Result<
+    (
+        Response<Body>,
+        impl std::future::Future<Output = Option<Socket>>,
+    ),
+    Problem,
+> {
+    check(req)?;
+    let accept = req
+        .headers()
         .get(header::SEC_WEBSOCKET_KEY)
-        .ok_or_else(|| Problem::bad_request("bad-websocket", "Sec-WebSocket-Key is missing"))?;
-    let accept = derive_accept_key(key.as_bytes());
+        .map(|key| derive_accept_key(key.as_bytes()))
+        .unwrap_or_default();
     let on_upgrade = hyper::upgrade::on(req);
     let mut resp = Response::new(crate::body::full(bytes::Bytes::new()));
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
