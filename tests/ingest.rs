@@ -7,8 +7,9 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::gateway::{event_of, read_partition, test_config, TestGateway};
-use object_store::memory::InMemory;
+use common::gateway::{
+    event_of, memory, read_partition, test_config, wait_for_metric, TestGateway,
+};
 use serde_json::Value;
 use sluice::faults::{Fault, FaultyStore};
 use sluice::store::{Store, StoreKind};
@@ -18,10 +19,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 type Headers<'a> = &'a [(&'a str, &'a str)];
 /// A problem type's suffix.
 type Kind = &'static str;
-
-fn memory() -> Store {
-    Store::from_parts(Arc::new(InMemory::new()), "", StoreKind::Memory)
-}
 
 async fn post(
     client: &reqwest::Client,
@@ -502,24 +499,14 @@ async fn size_triggers_flush_before_max_age() {
     });
     // Wait (bounded) until the first request is buffered, then send the second:
     // 3 + 3 > max_events flushes the first on its own.
-    let metrics_url = gw.url("/metrics");
-    let mut buffered = false;
-    for _ in 0..2_000 {
-        let text = client
-            .get(&metrics_url)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        buffered = text.contains(r#"sluice_events_total{stream="sized",outcome="accepted"} 3"#);
-        if buffered {
-            break;
-        }
-        tokio::task::yield_now().await;
-    }
-    assert!(buffered, "the first request never reached the buffer");
+    let needle = r#"sluice_events_total{stream="sized",outcome="accepted"} 3"#;
+    wait_for_metric(
+        &gw,
+        &client,
+        needle,
+        "the first request never reached the buffer",
+    )
+    .await;
     let (s2, _, _) = post(&client, &url, &[("prefer", "respond-async")], three).await;
     assert_eq!(s2, 202);
     let (s1, j1, _) = tokio::time::timeout(Duration::from_secs(10), first)

@@ -3,26 +3,12 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use common::gateway::{event_of, test_config, TestGateway};
+use common::gateway::{event_of, memory, one_partition, test_config, TestGateway};
 use common::{Backend, Place};
 use futures::StreamExt;
-use object_store::memory::InMemory;
 use serde_json::Value;
-use sluice::config::Config;
-use sluice::store::{Store, StoreKind};
-
-fn memory() -> Store {
-    Store::from_parts(Arc::new(InMemory::new()), "", StoreKind::Memory)
-}
-
-fn one_partition() -> Config {
-    let mut c = test_config();
-    c.streams.partitions = 1;
-    c
-}
 
 async fn post(client: &reqwest::Client, url: &str, body: String) -> Value {
     let resp = client.post(url).body(body).send().await.unwrap();

@@ -11,17 +11,15 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::str::FromStr;
 use std::sync::mpsc;
-use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::gateway::{read_partition, test_config, TestGateway};
-use object_store::memory::InMemory;
+use common::gateway::{memory, read_partition, test_config, TestGateway};
 use sluice::log::retry::RetryPolicy;
 use sluice::log::segment::{ReceivedAt, SegmentBuilder};
 use sluice::log::Log;
 use sluice::server::Gateway;
-use sluice::store::{Store, StoreKind};
+use sluice::store::Store;
 use sluice::tail::{Position, Start};
 use tokio::runtime::Runtime;
 
@@ -37,10 +35,6 @@ fn runtime() -> Runtime {
         .enable_all()
         .build()
         .unwrap()
-}
-
-fn memory() -> Store {
-    Store::from_parts(Arc::new(InMemory::new()), "", StoreKind::Memory)
 }
 
 /// A gateway on loopback, and a client to post with.

@@ -2,30 +2,18 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use common::gateway::{event_of, read_partition, test_config, TestGateway};
+use common::gateway::{
+    event_of, memory, one_partition, read_partition, wait_for_metric, TestGateway,
+};
 use common::{Backend, Place};
 use futures::{SinkExt, StreamExt};
-use object_store::memory::InMemory;
 use serde_json::Value;
-use sluice::config::Config;
-use sluice::store::{Store, StoreKind};
 use tokio_tungstenite::tungstenite::Message;
 
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-fn memory() -> Store {
-    Store::from_parts(Arc::new(InMemory::new()), "", StoreKind::Memory)
-}
-
-fn one_partition() -> Config {
-    let mut c = test_config();
-    c.streams.partitions = 1;
-    c
-}
 
 async fn connect(gw: &TestGateway, path: &str) -> Ws {
     let url = format!("ws://{}{path}", gw.addr);
@@ -298,23 +286,8 @@ async fn drain_acks_frames_then_closes_with_1001() {
     ws.send(Message::text(r#"{"last":1}"#)).await.unwrap();
     // The frame is in the buffer once the gateway counted it.
     let client = reqwest::Client::new();
-    let mut buffered = false;
-    for _ in 0..2_000 {
-        let text = client
-            .get(gw.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        buffered = text.contains(r#"sluice_events_total{stream="drain",outcome="accepted"} 1"#);
-        if buffered {
-            break;
-        }
-        tokio::task::yield_now().await;
-    }
-    assert!(buffered, "the frame never reached the buffer");
+    let needle = r#"sluice_events_total{stream="drain",outcome="accepted"} 1"#;
+    wait_for_metric(&gw, &client, needle, "the frame never reached the buffer").await;
     let stopping = tokio::spawn(gw.stop());
     let ack = next_json(&mut ws).await;
     assert_eq!(

@@ -75,3 +75,38 @@ pub fn test_config() -> Config {
     c.batch.store_retry_ms = 300;
     c
 }
+
+/// A fresh in-memory store.
+pub fn memory() -> Store {
+    Store::from_parts(
+        std::sync::Arc::new(object_store::memory::InMemory::new()),
+        "",
+        sluice::store::StoreKind::Memory,
+    )
+}
+
+/// `test_config` with one partition per stream (simple offsets).
+pub fn one_partition() -> Config {
+    let mut c = test_config();
+    c.streams.partitions = 1;
+    c
+}
+
+/// Poll `/metrics` (bounded) until it contains `needle`; panics with `what`.
+pub async fn wait_for_metric(gw: &TestGateway, client: &reqwest::Client, needle: &str, what: &str) {
+    for _ in 0..2_000 {
+        let text = client
+            .get(gw.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if text.contains(needle) {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!("{what}");
+}
