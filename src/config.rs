@@ -282,41 +282,51 @@ impl BatchConfig {
 }
 
 impl Config {
-    /// Load: the file if given (or `SLUICE_CONFIG`), then environment overrides.
+    /// Load: the file if given (or `SLUICE_CONFIG`), then environment
+    /// overrides (see [`Config::from_sources`]), then validation.
     pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
         let from_env = std::env::var("SLUICE_CONFIG").ok();
         let file = file
             .map(Path::to_path_buf)
             .or_else(|| from_env.map(Into::into));
-        let mut config = match file {
-            Some(path) => Self::from_file(&path)?,
-            None => Config::default(),
+        let text = match &file {
+            Some(path) => std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.display().to_string(),
+                source,
+            })?,
+            None => String::new(),
         };
-        config.apply_env(|k| std::env::var(k).ok());
+        let shown = file.map_or_else(|| "(no file)".to_string(), |p| p.display().to_string());
+        let config = Self::from_sources(&shown, &text, std::env::vars())?;
         config.validate()?;
         Ok(config)
     }
 
-    fn from_file(path: &Path) -> Result<Config, ConfigError> {
-        let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: shown.clone(),
-            source,
-        })?;
-        toml::from_str(&text).map_err(|e| ConfigError::Parse {
-            path: shown,
-            message: e.to_string(),
-        })
-    }
-
-    /// `SLUICE_LISTEN` and `SLUICE_STORE` override the file.
-    pub fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) {
-        if let Some(v) = var("SLUICE_LISTEN") {
-            self.listen = v;
+    /// Parse TOML `text` (from `shown`), then apply `SLUICE_*` overrides:
+    /// `SLUICE_LISTEN`, `SLUICE_STORE`, `SLUICE_TENANT` set top-level keys;
+    /// `SLUICE_<SECTION>__<KEY>` sets `[section] key` (e.g.
+    /// `SLUICE_BATCH__MAX_AGE_MS=50`). Values are TOML (numbers, booleans),
+    /// or taken as strings. Other `SLUICE_*` variables are not config.
+    pub fn from_sources(
+        shown: &str,
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let parse_error = |message: String| ConfigError::Parse {
+            path: shown.to_string(),
+            message,
+        };
+        let mut table: toml::Table =
+            toml::from_str(text).map_err(|e| parse_error(e.to_string()))?;
+        for (name, value) in env {
+            if let Some(path) = env_key(&name) {
+                set(&mut table, &path, env_value(&value))
+                    .map_err(|m| parse_error(format!("{name}: {m}")))?;
+            }
         }
-        if let Some(v) = var("SLUICE_STORE") {
-            self.store = v;
-        }
+        table
+            .try_into()
+            .map_err(|e: toml::de::Error| parse_error(e.to_string()))
     }
 
     /// Reject values that cannot work, naming the key.
@@ -390,17 +400,85 @@ impl Config {
     }
 }
 
+/// The config path an environment variable names, if it names one.
+fn env_key(name: &str) -> Option<Vec<String>> {
+    let rest = name.strip_prefix("SLUICE_")?;
+    if let Some((section, key)) = rest.split_once("__") {
+        return Some(vec![section.to_ascii_lowercase(), key.to_ascii_lowercase()]);
+    }
+    matches!(rest, "LISTEN" | "STORE" | "TENANT").then(|| vec![rest.to_ascii_lowercase()])
+}
+
+/// A TOML value if the text is one (number, boolean), else the text as a string.
+fn env_value(text: &str) -> toml::Value {
+    match toml::from_str::<toml::Table>(&format!("v = {text}")) {
+        Ok(mut t) if !matches!(t.get("v"), Some(toml::Value::Table(_))) => t
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(text.to_string())),
+        _ => toml::Value::String(text.to_string()),
+    }
+}
+
+fn set(table: &mut toml::Table, path: &[String], value: toml::Value) -> Result<(), String> {
+    match path {
+        [key] => {
+            table.insert(key.clone(), value);
+            Ok(())
+        }
+        [section, rest @ ..] => {
+            let entry = table
+                .entry(section.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            match entry {
+                toml::Value::Table(t) => set(t, rest, value),
+                _ => Err(format!("{section} is not a section")),
+            }
+        }
+        [] => Err("empty key".into()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
     #[test]
-    fn defaults_are_valid_and_env_overrides() {
-        let mut c = Config::default();
-        c.validate().unwrap();
-        c.apply_env(|k| (k == "SLUICE_LISTEN").then(|| "0.0.0.0:9000".to_string()));
+    fn defaults_are_valid_and_env_overrides_file() {
+        Config::default().validate().unwrap();
+        let file = "listen = \"127.0.0.1:1\"\n[batch]\nmax_age_ms = 10\n";
+        let vars = env(&[
+            ("SLUICE_LISTEN", "0.0.0.0:9000"),
+            ("SLUICE_BATCH__MAX_AGE_MS", "50"),
+            ("SLUICE_STREAMS__PARTITIONS", "8"),
+            ("SLUICE_LOAD_SECS", "3"),
+            ("SLUICE_LOG", "debug"),
+        ]);
+        let c = Config::from_sources("f.toml", file, vars).unwrap();
         assert_eq!(c.listen, "0.0.0.0:9000");
+        assert_eq!(c.batch.max_age_ms, 50);
+        assert_eq!(c.streams.partitions, 8);
         assert_eq!(c.store, "file://./sluice-data");
+    }
+
+    #[test]
+    fn bad_env_values_name_the_variable_or_key() {
+        let vars = env(&[("SLUICE_BATCH__MAX_AGE_MS", "soon")]);
+        let err = Config::from_sources("(no file)", "", vars)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_age_ms"), "{err}");
+        let vars = env(&[("SLUICE_BATCH__NOPE", "1")]);
+        let err = Config::from_sources("(no file)", "", vars)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("nope"), "{err}");
     }
 
     #[test]

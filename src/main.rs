@@ -24,6 +24,12 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Check a configuration (file and SLUICE_* overrides) without serving:
+    /// exits 0 when it is valid, else prints what is wrong and exits 1.
+    CheckConfig {
+        /// TOML configuration file (also SLUICE_CONFIG; none: defaults).
+        file: Option<PathBuf>,
+    },
     /// Print a stream's events as NDJSON as they are committed (Ctrl-C stops).
     Tail {
         /// Stream to follow.
@@ -54,7 +60,7 @@ fn main() -> anyhow::Result<()> {
     // `tail` owns stdout and keeps stderr for warnings and errors.
     let default_level = match cli.command {
         Command::Serve { .. } => "info",
-        Command::Tail { .. } => "warn",
+        Command::Tail { .. } | Command::CheckConfig { .. } => "warn",
     };
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -70,6 +76,14 @@ fn main() -> anyhow::Result<()> {
         .context("cannot start the async runtime")?;
     match cli.command {
         Command::Serve { config } => runtime.block_on(serve(config)),
+        Command::CheckConfig { file } => {
+            let config = Config::load(file.as_deref())?;
+            println!(
+                "config ok: listen {}, store {}, {} partitions per stream",
+                config.listen, config.store, config.streams.partitions
+            );
+            Ok(())
+        }
         Command::Tail {
             stream,
             url,

@@ -59,3 +59,41 @@ fn bad_config_names_file_and_key() {
     assert!(!ok);
     assert!(err.contains("streams.partitions"), "{err}");
 }
+
+fn check_config(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("check-config")
+        .args(args)
+        .env_remove("SLUICE_CONFIG")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run sluice");
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.success(), text(&out.stdout), text(&out.stderr))
+}
+
+#[test]
+fn check_config_validates_file_and_environment_without_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("sluice.toml");
+    std::fs::write(
+        &file,
+        "listen = \"127.0.0.1:9999\"\n[streams]\npartitions = 2\n",
+    )
+    .unwrap();
+    let path = file.to_str().unwrap();
+    let (ok, out, err) = check_config(&[path], &[]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("127.0.0.1:9999") && out.contains("2 partitions"),
+        "{out}"
+    );
+    // SLUICE_<SECTION>__<KEY> overrides the file.
+    let (ok, out, _) = check_config(&[path], &[("SLUICE_STREAMS__PARTITIONS", "6")]);
+    assert!(ok && out.contains("6 partitions"), "{out}");
+    let (ok, _, err) = check_config(&[path], &[("SLUICE_STREAMS__PARTITIONS", "0")]);
+    assert!(!ok && err.contains("streams.partitions"), "{err}");
+    let (ok, _, err) = check_config(&[path], &[("SLUICE_BATCH__MAX_AGEE_MS", "5")]);
+    assert!(!ok && err.contains("max_agee_ms"), "{err}");
+}
