@@ -16,8 +16,6 @@ use hyper::body::Incoming;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::sync::{mpsc, Semaphore};
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::{ingest_bytes, Accepted};
@@ -68,13 +66,6 @@ pub async fn handle(
     Ok(resp)
 }
 
-fn close(code: u16, reason: &'static str) -> Message {
-    Message::Close(Some(CloseFrame {
-        code: CloseCode::from(code),
-        reason: reason.into(),
-    }))
-}
-
 async fn serve(app: Arc<App>, stream: String, socket: Socket, mode: Mode) {
     let (mut sink, mut source) = socket.split();
     let max = app.config.websocket.max_inflight_frames.max(1);
@@ -96,7 +87,7 @@ async fn serve(app: Arc<App>, stream: String, socket: Socket, mode: Mode) {
         let next = tokio::select! {
             m = source.next() => m,
             _ = async { closing.wait_for(|c| *c).await.map(|_| ()) } => {
-                closing_with = Some(close(CLOSE_GOING_AWAY, "gateway shutting down"));
+                closing_with = Some(upgrade::close_frame(CLOSE_GOING_AWAY, "gateway shutting down"));
                 break;
             }
         };
@@ -111,7 +102,7 @@ async fn serve(app: Arc<App>, stream: String, socket: Socket, mode: Mode) {
             Some(Ok(Message::Close(_))) | None => break,
             Some(Ok(_)) => continue,
             Some(Err(tokio_tungstenite::tungstenite::Error::Capacity(_))) => {
-                closing_with = Some(close(
+                closing_with = Some(upgrade::close_frame(
                     CLOSE_TOO_BIG,
                     "frame larger than limits.max_body_bytes",
                 ));
@@ -143,15 +134,7 @@ async fn serve(app: Arc<App>, stream: String, socket: Socket, mode: Mode) {
     drop(out);
     let _ = writer.await;
     if we_closed {
-        // Closing handshake: let the client's close arrive before the TCP close.
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
-            while let Some(Ok(m)) = source.next().await {
-                if matches!(m, Message::Close(_)) {
-                    break;
-                }
-            }
-        })
-        .await;
+        upgrade::await_client_close(&mut source, std::time::Duration::from_secs(5)).await;
     }
 }
 

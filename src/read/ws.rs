@@ -12,8 +12,6 @@ use futures::{SinkExt, StreamExt};
 use http::{Request, Response};
 use hyper::body::Incoming;
 use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use super::routes::{Out, PumpEnd, Subscription};
@@ -99,19 +97,7 @@ async fn serve(app: Arc<App>, sub: Subscription, socket: upgrade::Socket) {
         ),
         Some(PumpEnd::ClientGone) | None => return,
     };
-    let close = CloseFrame {
-        code: CloseCode::from(code),
-        reason: reason.into(),
-    };
-    let _ = tokio::time::timeout(CLOSE_WAIT, sink.send(Message::Close(Some(close)))).await;
-    // Closing handshake: wait (bounded) for the client's close, so the TCP
-    // close does not reset frames the client has not read yet.
-    let _ = tokio::time::timeout(CLOSE_WAIT, async {
-        while let Some(Ok(m)) = source.next().await {
-            if matches!(m, Message::Close(_)) {
-                break;
-            }
-        }
-    })
-    .await;
+    let close = upgrade::close_frame(code, reason);
+    let _ = tokio::time::timeout(CLOSE_WAIT, sink.send(close)).await;
+    upgrade::await_client_close(&mut source, CLOSE_WAIT).await;
 }

@@ -3,11 +3,15 @@
 //! Owns the 101 answer and turning the upgraded connection into a
 //! `WebSocketStream`. What flows over the socket belongs to the callers.
 
+use futures::stream::SplitStream;
+use futures::StreamExt;
 use http::{header, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
 use crate::body::Body;
@@ -87,4 +91,25 @@ pub fn accept(
         )
     };
     Ok((resp, socket))
+}
+
+/// A close frame with a code and a reason.
+pub fn close_frame(code: u16, reason: &'static str) -> Message {
+    Message::Close(Some(CloseFrame {
+        code: CloseCode::from(code),
+        reason: reason.into(),
+    }))
+}
+
+/// After sending our close: wait (at most `limit`) for the client's, so the
+/// TCP close does not reset frames the client has not read yet.
+pub async fn await_client_close(source: &mut SplitStream<Socket>, limit: std::time::Duration) {
+    let _ = tokio::time::timeout(limit, async {
+        while let Some(Ok(m)) = source.next().await {
+            if matches!(m, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
 }
