@@ -38,6 +38,33 @@ pub struct Config {
     pub streams: StreamsConfig,
     pub read: ReadConfig,
     pub websocket: WebSocketConfig,
+    /// TLS on the listener; absent means plain HTTP.
+    pub tls: Option<TlsConfig>,
+}
+
+/// TLS (rustls) on `listen`. The certificate and key are re-read when their
+/// files change, without a restart; open connections keep their session.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM file with the certificate chain, leaf first.
+    pub cert_file: String,
+    /// PEM file with the private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: String,
+    /// How often the two files are checked for changes.
+    #[serde(default = "default_tls_reload_ms")]
+    pub reload_interval_ms: u64,
+    /// Time a client has to finish the TLS handshake.
+    #[serde(default = "default_tls_handshake_ms")]
+    pub handshake_timeout_ms: u64,
+}
+
+fn default_tls_reload_ms() -> u64 {
+    2_000
+}
+
+fn default_tls_handshake_ms() -> u64 {
+    10_000
 }
 
 /// WebSocket ingest and subscriptions.
@@ -159,6 +186,7 @@ impl Default for Config {
             streams: StreamsConfig::default(),
             read: ReadConfig::default(),
             websocket: WebSocketConfig::default(),
+            tls: None,
         }
     }
 }
