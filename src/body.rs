@@ -13,3 +13,8 @@ pub type Body = UnsyncBoxBody<Bytes, Infallible>;
 pub fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into()).boxed_unsync()
 }
+
+/// An empty body.
+pub fn empty() -> Body {
+    full(Bytes::new())
+}

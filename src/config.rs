@@ -3,6 +3,7 @@
 //! Owns loading (TOML file, then `SLUICE_*` environment overrides) and
 //! validation. Nothing here runs; other modules read the values.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -19,7 +20,7 @@ pub enum ConfigError {
     #[error("config file {path}: {message}")]
     Parse { path: String, message: String },
     #[error("config key {key}: {message}")]
-    Invalid { key: &'static str, message: String },
+    Invalid { key: String, message: String },
 }
 
 /// The whole configuration. Every field has a default: `sluice serve` runs with none.
@@ -40,6 +41,94 @@ pub struct Config {
     pub websocket: WebSocketConfig,
     /// TLS on the listener; absent means plain HTTP.
     pub tls: Option<TlsConfig>,
+    pub auth: AuthConfig,
+    /// Tenants by name: their streams, rate limits, `auto_create`.
+    pub tenants: BTreeMap<String, TenantConfig>,
+    /// API keys. With none declared, auth is off (and a warning is logged).
+    pub keys: Vec<KeyConfig>,
+}
+
+/// Authentication switches.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Refuse to start unless keys are declared: keeps a production config
+    /// that lost its `[[keys]]` from serving openly.
+    pub required: bool,
+}
+
+/// One tenant: its own prefix in the store, its own streams and limits.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TenantConfig {
+    /// Streams not declared below are created on first write (default:
+    /// `streams.auto_create`). Off: an undeclared stream is 404 on every route.
+    pub auto_create: Option<bool>,
+    /// Limit on the whole tenant, all keys and streams together.
+    pub rate: RateConfig,
+    /// Limit each key of this tenant gets (a key's own `rate` replaces it).
+    pub key_rate: RateConfig,
+    /// Declared streams and their settings.
+    pub streams: BTreeMap<String, StreamConfig>,
+}
+
+/// A token-bucket rate limit. 0 means no limit; a burst of 0 means one
+/// second's worth.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateConfig {
+    pub events_per_sec: u32,
+    pub events_burst: u32,
+    pub bytes_per_sec: u32,
+    pub bytes_burst: u32,
+}
+
+/// Settings of one declared stream; unset keys take the global defaults.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamConfig {
+    pub partitions: Option<u32>,
+    pub max_bytes: Option<usize>,
+    pub max_events: Option<usize>,
+    pub max_age_ms: Option<u64>,
+    pub max_event_bytes: Option<usize>,
+    pub max_events_per_request: Option<usize>,
+    /// Limit on this stream, all keys together.
+    pub rate: RateConfig,
+}
+
+/// What a key may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    Write,
+    Read,
+    Metrics,
+}
+
+/// One API key. The config holds only its hash (`sluice keygen` prints both).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyConfig {
+    /// A name for logs and metrics; never secret.
+    pub id: String,
+    pub tenant: String,
+    /// `sha256:` and the hex SHA-256 of the key.
+    pub hash: String,
+    pub scopes: Vec<Scope>,
+    /// Stream name patterns (`*` matches any run of characters).
+    #[serde(default = "all_streams")]
+    pub streams: Vec<String>,
+    /// Browser origins allowed to use the key (`https://app.example`, `*` as
+    /// a wildcard); empty: a server key, refused when a request has `Origin`.
+    #[serde(default)]
+    pub origins: Vec<String>,
+    /// This key's own limit (default: its tenant's `key_rate`).
+    pub rate: Option<RateConfig>,
+}
+
+fn all_streams() -> Vec<String> {
+    vec!["*".to_string()]
 }
 
 /// TLS (rustls) on `listen`. The certificate and key are re-read when their
@@ -172,6 +261,8 @@ pub struct StreamsConfig {
     pub partitions: u32,
     /// Most streams one gateway serves (bounds its buffers and label values).
     pub max_streams: usize,
+    /// Streams are created on first write; off: only declared streams exist.
+    pub auto_create: bool,
 }
 
 impl Default for Config {
@@ -187,6 +278,9 @@ impl Default for Config {
             read: ReadConfig::default(),
             websocket: WebSocketConfig::default(),
             tls: None,
+            auth: AuthConfig::default(),
+            tenants: BTreeMap::new(),
+            keys: Vec::new(),
         }
     }
 }
@@ -277,6 +371,7 @@ impl Default for StreamsConfig {
         StreamsConfig {
             partitions: 4,
             max_streams: 1_000,
+            auto_create: true,
         }
     }
 }
@@ -419,13 +514,148 @@ impl Config {
         for (key, ok, message) in checks {
             if !ok {
                 return Err(ConfigError::Invalid {
-                    key,
+                    key: key.to_string(),
                     message: message.to_string(),
                 });
             }
         }
+        self.validate_access()
+    }
+
+    /// Auth is on exactly when keys are declared.
+    pub fn auth_enabled(&self) -> bool {
+        !self.keys.is_empty()
+    }
+
+    fn validate_access(&self) -> Result<(), ConfigError> {
+        let bad = |key: String, message: String| Err(ConfigError::Invalid { key, message });
+        if let Some(tls) = &self.tls {
+            if tls.handshake_timeout_ms == 0 || tls.reload_interval_ms < 10 {
+                return bad(
+                    "tls".into(),
+                    "handshake_timeout_ms must be at least 1 and reload_interval_ms at least 10"
+                        .into(),
+                );
+            }
+        }
+        if self.auth.required && self.keys.is_empty() {
+            return bad(
+                "auth.required".into(),
+                "is true but no [[keys]] are declared".into(),
+            );
+        }
+        for (name, tenant) in &self.tenants {
+            if !crate::names::valid(name, 64) {
+                return bad(
+                    format!("tenants.{name}"),
+                    "tenant names are 1-64 characters of [A-Za-z0-9._-]".into(),
+                );
+            }
+            check_rate(&format!("tenants.{name}.rate"), &tenant.rate)?;
+            check_rate(&format!("tenants.{name}.key_rate"), &tenant.key_rate)?;
+            for (stream, s) in &tenant.streams {
+                self.validate_stream(&format!("tenants.{name}.streams.{stream}"), stream, s)?;
+            }
+        }
+        let mut ids = std::collections::HashSet::new();
+        for (i, key) in self.keys.iter().enumerate() {
+            let at = format!("keys[{i}] (id {:?})", key.id);
+            if !ids.insert(key.id.as_str()) {
+                return bad(at, "another key has the same id".into());
+            }
+            if !self.tenants.contains_key(&key.tenant) {
+                return bad(
+                    format!("{at}.tenant"),
+                    format!(
+                        "tenant {:?} is not declared: add [tenants.{}]",
+                        key.tenant, key.tenant
+                    ),
+                );
+            }
+            if let Err(m) = crate::auth::keys::parse_hash(&key.hash) {
+                return bad(format!("{at}.hash"), m);
+            }
+            if key.scopes.is_empty() {
+                return bad(
+                    format!("{at}.scopes"),
+                    "name at least one of \"write\", \"read\", \"metrics\"".into(),
+                );
+            }
+            if let Some(o) = key.origins.iter().find(|o| !valid_origin(o)) {
+                return bad(
+                    format!("{at}.origins"),
+                    format!("{o:?} is not an origin: scheme://host[:port], no path (\"*\" wildcards allowed)"),
+                );
+            }
+            if let Some(rate) = &key.rate {
+                check_rate(&format!("{at}.rate"), rate)?;
+            }
+        }
         Ok(())
     }
+
+    fn validate_stream(&self, at: &str, name: &str, s: &StreamConfig) -> Result<(), ConfigError> {
+        let bad = |key: &str, message: &str| {
+            Err(ConfigError::Invalid {
+                key: format!("{at}{key}"),
+                message: message.to_string(),
+            })
+        };
+        if !crate::names::valid(name, self.limits.max_stream_name_len) {
+            return bad(
+                "",
+                "stream names use [A-Za-z0-9._-] (limits.max_stream_name_len)",
+            );
+        }
+        if s.partitions.is_some_and(|p| !(1..=9999).contains(&p)) {
+            return bad(".partitions", "must be between 1 and 9999");
+        }
+        if s.max_bytes
+            .is_some_and(|b| b == 0 || b > self.batch.memory_budget_bytes)
+        {
+            return bad(
+                ".max_bytes",
+                "must be between 1 and batch.memory_budget_bytes",
+            );
+        }
+        if s.max_events == Some(0) || s.max_events_per_request == Some(0) {
+            return bad(".max_events", "event counts must be at least 1");
+        }
+        if s.max_event_bytes
+            .is_some_and(|b| b == 0 || b > self.limits.max_decoded_bytes)
+        {
+            return bad(
+                ".max_event_bytes",
+                "must be between 1 and limits.max_decoded_bytes",
+            );
+        }
+        check_rate(&format!("{at}.rate"), &s.rate)
+    }
+}
+
+fn check_rate(at: &str, rate: &RateConfig) -> Result<(), ConfigError> {
+    let burst_without_rate = (rate.events_per_sec == 0 && rate.events_burst > 0)
+        || (rate.bytes_per_sec == 0 && rate.bytes_burst > 0);
+    if burst_without_rate {
+        return Err(ConfigError::Invalid {
+            key: at.to_string(),
+            message: "a burst needs its per-second rate (events_per_sec or bytes_per_sec)".into(),
+        });
+    }
+    Ok(())
+}
+
+/// `scheme://host[:port]` with no path, or a pattern of that with `*`.
+fn valid_origin(o: &str) -> bool {
+    if o == "*" {
+        return true;
+    }
+    let Some((scheme, rest)) = o.split_once("://") else {
+        return false;
+    };
+    let host_ok =
+        |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'*' | b'[' | b']');
+    matches!(scheme, "http" | "https") && !rest.is_empty() && rest.bytes().all(host_ok)
 }
 
 /// The config path an environment variable names, if it names one.

@@ -36,6 +36,9 @@ pub struct Problem {
     pub errors: Vec<EventError>,
     /// Errors left out of `errors` by the cap.
     pub errors_omitted: usize,
+    /// Extra response headers (`RateLimit`, `WWW-Authenticate`); boxed, as
+    /// most problems have none.
+    pub headers: Option<Box<http::HeaderMap>>,
 }
 
 #[derive(Serialize)]
@@ -70,7 +73,12 @@ impl Problem {
             retry_after: None,
             errors: Vec::new(),
             errors_omitted: 0,
+            headers: None,
         }
+    }
+
+    pub fn headers_mut(&mut self) -> &mut http::HeaderMap {
+        self.headers.get_or_insert_with(Default::default)
     }
 
     pub fn retry_after(mut self, seconds: u32) -> Self {
@@ -133,6 +141,9 @@ impl Problem {
         );
         if let Some(s) = self.retry_after {
             headers.insert(header::RETRY_AFTER, header::HeaderValue::from(s));
+        }
+        for (name, value) in self.headers.iter().flat_map(|h| h.iter()) {
+            headers.insert(name, value.clone());
         }
         resp
     }

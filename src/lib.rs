@@ -2,6 +2,8 @@
 //!
 //! The modules follow the data path:
 //! - [`server`]: accept loop, connection limits, routing, graceful drain.
+//! - [`auth`]: keys, scopes, stream patterns, origins, CORS → a tenant's grant.
+//! - [`limit`]: rate limits per key, stream and tenant (events/s, bytes/s).
 //! - [`ingest`]: the `POST …/events` flow and its responses.
 //! - [`decode`]: bodies → event byte ranges (object, array, NDJSON; gzip, zstd).
 //! - [`batch`]: per-stream buffers, flush triggers, the memory budget.
@@ -9,10 +11,12 @@
 //! - [`read`]: tailers, the segment cache, long-poll and Server-Sent Events.
 //! - [`store`]: opens the object store a URL names (file, memory, S3).
 //!
-//! Beside the path: [`config`] (settings), [`error`] (problem+json),
+//! Beside the path: [`config`] (settings), [`tenants`] (each tenant's
+//! streams and their settings), [`error`] (problem+json),
 //! [`metrics`] (the Prometheus recorder), [`names`] (safe key names),
 //! [`faults`] (a fault-injecting store for tests).
 
+pub mod auth;
 pub mod batch;
 pub mod body;
 pub mod config;
@@ -20,6 +24,7 @@ pub mod decode;
 pub mod error;
 pub mod faults;
 pub mod ingest;
+pub mod limit;
 pub mod log;
 pub mod metrics;
 pub mod names;
@@ -27,3 +32,4 @@ pub mod read;
 pub mod server;
 pub mod store;
 pub mod tail;
+pub mod tenants;

@@ -1,4 +1,4 @@
-//! The `sluice` command line: `serve` and `tail`.
+//! The `sluice` command line: `serve`, `check-config`, `keygen` and `tail`.
 
 use std::path::PathBuf;
 
@@ -30,6 +30,25 @@ enum Command {
         /// TOML configuration file (also SLUICE_CONFIG; none: defaults).
         file: Option<PathBuf>,
     },
+    /// Print a new API key and the `[[keys]]` entry (with only its hash) to
+    /// paste into the config. The key itself is shown once, here.
+    Keygen {
+        /// The key's id (for logs); default: a random one.
+        #[arg(long)]
+        id: Option<String>,
+        /// Tenant the key belongs to.
+        #[arg(long, default_value = "default")]
+        tenant: String,
+        /// Scopes, comma-separated: write, read, metrics.
+        #[arg(long, default_value = "write")]
+        scopes: String,
+        /// Stream patterns, comma-separated (`*` wildcards).
+        #[arg(long, default_value = "*")]
+        streams: String,
+        /// Browser origins allowed to use the key, comma-separated.
+        #[arg(long)]
+        origins: Option<String>,
+    },
     /// Print a stream's events as NDJSON as they are committed (Ctrl-C stops).
     Tail {
         /// Stream to follow.
@@ -37,6 +56,9 @@ enum Command {
         /// Gateway to read from.
         #[arg(long, env = "SLUICE_URL", default_value = "http://127.0.0.1:8080")]
         url: String,
+        /// API key with read scope, when the gateway has auth on.
+        #[arg(long, env = "SLUICE_KEY", hide_env_values = true)]
+        key: Option<String>,
         /// Where to start: earliest, latest (only new events) or
         /// PARTITION:OFFSET,… (partitions not named start at latest).
         #[arg(long, default_value = "latest")]
@@ -60,7 +82,7 @@ fn main() -> anyhow::Result<()> {
     // `tail` owns stdout and keeps stderr for warnings and errors.
     let default_level = match cli.command {
         Command::Serve { .. } => "info",
-        Command::Tail { .. } | Command::CheckConfig { .. } => "warn",
+        Command::Tail { .. } | Command::CheckConfig { .. } | Command::Keygen { .. } => "warn",
     };
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -84,9 +106,17 @@ fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Keygen {
+            id,
+            tenant,
+            scopes,
+            streams,
+            origins,
+        } => keygen(id, &tenant, &scopes, &streams, origins.as_deref()),
         Command::Tail {
             stream,
             url,
+            key,
             from,
             store,
             tenant,
@@ -94,7 +124,7 @@ fn main() -> anyhow::Result<()> {
         } => {
             let source = match store {
                 Some(url) => Source::Store { url, tenant },
-                None => Source::Gateway { url },
+                None => Source::Gateway { url, key },
             };
             let opts = TailOptions {
                 stream,
@@ -105,6 +135,39 @@ fn main() -> anyhow::Result<()> {
             runtime.block_on(tail(opts))
         }
     }
+}
+
+fn keygen(
+    id: Option<String>,
+    tenant: &str,
+    scopes: &str,
+    streams: &str,
+    origins: Option<&str>,
+) -> anyhow::Result<()> {
+    let key = sluice::auth::keys::generate()
+        .map_err(|_| anyhow::anyhow!("the system random number generator failed"))?;
+    let id = id.unwrap_or_else(|| format!("key-{}", &key[3..11]));
+    let list = |text: &str| -> String {
+        let items: Vec<String> = text
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| format!("{s:?}"))
+            .collect();
+        format!("[{}]", items.join(", "))
+    };
+    println!("key: {key}");
+    println!("# Paste into the config; the key above is not stored anywhere.");
+    println!("[[keys]]");
+    println!("id = {id:?}");
+    println!("tenant = {tenant:?}");
+    println!("hash = {:?}", sluice::auth::keys::hash_text(&key));
+    println!("scopes = {}", list(scopes));
+    println!("streams = {}", list(streams));
+    if let Some(origins) = origins {
+        println!("origins = {}", list(origins));
+    }
+    Ok(())
 }
 
 async fn tail(opts: TailOptions) -> anyhow::Result<()> {
@@ -125,7 +188,9 @@ async fn serve(file: Option<PathBuf>) -> anyhow::Result<()> {
     let addr = gateway.local_addr()?;
     let kind = gateway.app.log.store().kind;
     tracing::info!(%addr, store = %store_url, durability = durability(kind), "sluice listening");
-    tracing::warn!("AUTH IS OFF: anyone who can reach {addr} can write to every stream");
+    if !gateway.app.access.enabled() {
+        tracing::warn!("AUTH IS OFF: anyone who can reach {addr} can read and write every stream; declare [[keys]] (sluice keygen) to turn it on");
+    }
     // Scripts and the load harness wait for this line.
     println!("listening on {addr}");
     gateway.run(shutdown_signal()).await;

@@ -190,8 +190,9 @@ impl std::fmt::Display for Start {
 /// What to read: a gateway's HTTP API or the bucket directly.
 #[derive(Debug, Clone)]
 pub enum Source {
-    /// Base URL of a gateway (`http://127.0.0.1:8080`).
-    Gateway { url: String },
+    /// Base URL of a gateway (`http://127.0.0.1:8080`) and the API key
+    /// (read scope) it wants, if auth is on.
+    Gateway { url: String, key: Option<String> },
     /// A store URL as `SLUICE_STORE` takes it, and the tenant to read.
     Store { url: String, tenant: String },
 }
@@ -392,8 +393,8 @@ async fn follow_all(
     count: &mut Option<u32>,
 ) -> Result<(), TailError> {
     match &opts.source {
-        Source::Gateway { url } => {
-            let gateway = Arc::new(Gateway::new(url, &opts.stream)?);
+        Source::Gateway { url, key } => {
+            let gateway = Arc::new(Gateway::new(url, key.as_deref(), &opts.stream)?);
             let partitions = gateway.partitions(opts.partitions).await?;
             opts.start.check(partitions)?;
             *count = Some(partitions);
@@ -524,7 +525,7 @@ struct ProblemBody {
 }
 
 impl Gateway {
-    fn new(base: &str, stream: &str) -> Result<Self, TailError> {
+    fn new(base: &str, key: Option<&str>, stream: &str) -> Result<Self, TailError> {
         let bad = |reason: String| TailError::BadUrl {
             url: base.to_string(),
             reason,
@@ -543,7 +544,14 @@ impl Gateway {
             .path_segments_mut()
             .map_err(|()| bad("the URL cannot have a path".into()))?
             .push("events");
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(key) = key {
+            let value = reqwest::header::HeaderValue::from_str(&format!("Bearer {key}"))
+                .map_err(|_| bad("the API key has characters a header cannot carry".into()))?;
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
         let http = reqwest::Client::builder()
+            .default_headers(headers)
             .user_agent(concat!("sluice-tail/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(REQUEST_TIMEOUT)

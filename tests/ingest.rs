@@ -432,7 +432,7 @@ async fn health_ready_and_metrics() {
         "free text became a label value"
     );
     assert!(
-        text.contains(r#"sluice_events_total{stream="_other",outcome="invalid"}"#),
+        text.contains(r#"sluice_events_total{tenant="_other",stream="_other",outcome="invalid"}"#),
         "{text}"
     );
     for name in [
@@ -499,7 +499,7 @@ async fn size_triggers_flush_before_max_age() {
     });
     // Wait (bounded) until the first request is buffered, then send the second:
     // 3 + 3 > max_events flushes the first on its own.
-    let needle = r#"sluice_events_total{stream="sized",outcome="accepted"} 3"#;
+    let needle = r#"sluice_events_total{tenant="default",stream="sized",outcome="accepted"} 3"#;
     wait_for_metric(
         &gw,
         &client,

@@ -20,6 +20,7 @@ use crate::config::{BatchConfig, StreamsConfig};
 use crate::log::partition::PartitionChooser;
 use crate::log::segment::ReceivedAt;
 use crate::log::Log;
+use crate::tenants::StreamSettings;
 pub use budget::Budget;
 
 /// Submissions queued per stream before submitters wait.
@@ -59,25 +60,44 @@ pub struct Submission {
     ack: Option<oneshot::Sender<Result<Ack, CommitFailed>>>,
 }
 
+/// Where a submission goes: a tenant's stream and the settings it runs with.
+#[derive(Clone, Copy)]
+pub struct Dest<'a> {
+    pub tenant: &'a str,
+    pub stream: &'a str,
+    pub settings: &'a Arc<StreamSettings>,
+}
+
 /// A pending durable ack.
 pub type AckReceiver = oneshot::Receiver<Result<Ack, CommitFailed>>;
 
 /// All streams' buffers of one gateway.
 pub struct Batcher {
     log: Arc<Log>,
-    tenant: String,
-    config: BatchConfig,
     streams_config: StreamsConfig,
     budget: Arc<Budget>,
-    streams: RwLock<Option<HashMap<String, Arc<StreamEntry>>>>,
+    /// Running streams by tenant, then name; `None` once shut down.
+    streams: RwLock<Option<Streams>>,
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
     closing: watch::Sender<bool>,
     hurry: watch::Sender<bool>,
     on_commit: Option<CommitHook>,
 }
 
-/// Called with (stream, partition) after each commit (wakes local readers).
-pub type CommitHook = Arc<dyn Fn(&str, u32) + Send + Sync>;
+/// Called with (tenant, stream, partition) after each commit (wakes local readers).
+pub type CommitHook = Arc<dyn Fn(&str, &str, u32) + Send + Sync>;
+
+#[derive(Default)]
+struct Streams {
+    by_tenant: HashMap<String, HashMap<String, Arc<StreamEntry>>>,
+    count: usize,
+}
+
+impl Streams {
+    fn get(&self, tenant: &str, stream: &str) -> Option<&Arc<StreamEntry>> {
+        self.by_tenant.get(tenant)?.get(stream)
+    }
+}
 
 /// A running stream: its queue and its metric handles (registered once).
 struct StreamEntry {
@@ -92,14 +112,13 @@ fn footprint(events: &[Bytes]) -> usize {
 }
 
 impl Batcher {
-    pub fn new(log: Arc<Log>, tenant: &str, config: BatchConfig, streams: StreamsConfig) -> Self {
+    /// `config` gives the memory budget; each stream batches by its own settings.
+    pub fn new(log: Arc<Log>, config: &BatchConfig, streams: StreamsConfig) -> Self {
         Batcher {
             log,
-            tenant: tenant.to_string(),
             budget: Arc::new(Budget::new(config.memory_budget_bytes)),
-            config,
             streams_config: streams,
-            streams: RwLock::new(Some(HashMap::new())),
+            streams: RwLock::new(Some(Streams::default())),
             tasks: std::sync::Mutex::new(Vec::new()),
             closing: watch::channel(false).0,
             hurry: watch::channel(false).0,
@@ -127,14 +146,14 @@ impl Batcher {
     /// goes away mid-call leaks no budget.
     pub async fn submit(
         &self,
-        stream: &str,
+        dest: Dest<'_>,
         events: Vec<Bytes>,
         held: usize,
         at: ReceivedAt,
         durable: bool,
         wait: Duration,
     ) -> Result<Option<AckReceiver>, SubmitError> {
-        let entry = self.entry(stream)?;
+        let entry = self.entry(dest)?;
         let overloaded = SubmitError::Overloaded {
             limit: self.budget.limit(),
         };
@@ -172,54 +191,58 @@ impl Batcher {
 
     /// Count invalid events; streams this gateway does not serve fold into
     /// `_other`, so arbitrary names never become label values.
-    pub fn count_invalid(&self, stream: &str, n: usize) {
+    pub fn count(&self, tenant: &str, stream: &str, outcome: &'static str, n: usize) {
         let known = self
             .streams
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .as_ref()
-            .is_some_and(|m| m.contains_key(stream));
-        let label = if known {
-            stream.to_string()
-        } else {
-            "_other".to_string()
+            .is_some_and(|m| m.get(tenant, stream).is_some());
+        let (tenant, label) = match known {
+            true => (tenant.to_string(), stream.to_string()),
+            false => ("_other".to_string(), "_other".to_string()),
         };
-        metrics::counter!("sluice_events_total", "stream" => label, "outcome" => "invalid")
+        metrics::counter!("sluice_events_total", "tenant" => tenant, "stream" => label, "outcome" => outcome)
             .increment(n as u64);
     }
 
-    fn entry(&self, stream: &str) -> Result<Arc<StreamEntry>, SubmitError> {
+    fn entry(&self, dest: Dest<'_>) -> Result<Arc<StreamEntry>, SubmitError> {
         {
             let streams = self.streams.read().unwrap_or_else(|p| p.into_inner());
             let map = streams.as_ref().ok_or(SubmitError::Draining)?;
-            if let Some(s) = map.get(stream) {
+            if let Some(s) = map.get(dest.tenant, dest.stream) {
                 return Ok(s.clone());
             }
         }
         let mut streams = self.streams.write().unwrap_or_else(|p| p.into_inner());
         let map = streams.as_mut().ok_or(SubmitError::Draining)?;
-        if let Some(s) = map.get(stream) {
+        if let Some(s) = map.get(dest.tenant, dest.stream) {
             return Ok(s.clone());
         }
-        if map.len() >= self.streams_config.max_streams {
+        if map.count >= self.streams_config.max_streams {
             return Err(SubmitError::TooManyStreams {
                 limit: self.streams_config.max_streams,
             });
         }
-        let entry = Arc::new(self.start_stream(stream));
-        map.insert(stream.to_string(), entry.clone());
+        let entry = Arc::new(self.start_stream(dest));
+        map.by_tenant
+            .entry(dest.tenant.to_string())
+            .or_default()
+            .insert(dest.stream.to_string(), entry.clone());
+        map.count += 1;
         Ok(entry)
     }
 
-    fn start_stream(&self, stream: &str) -> StreamEntry {
+    fn start_stream(&self, dest: Dest<'_>) -> StreamEntry {
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
         let task = stream::StreamTask {
-            name: stream.to_string(),
-            path: self.log.stream(&self.tenant, stream),
+            tenant: dest.tenant.to_string(),
+            name: dest.stream.to_string(),
+            path: self.log.stream(dest.tenant, dest.stream),
             log: self.log.clone(),
-            config: self.config.clone(),
+            config: dest.settings.batch.clone(),
             budget: self.budget.clone(),
-            chooser: PartitionChooser::new(self.log.writer(), self.streams_config.partitions),
+            chooser: PartitionChooser::new(self.log.writer(), dest.settings.partitions),
             closing: self.closing.subscribe(),
             hurry: self.hurry.subscribe(),
             on_commit: self.on_commit.clone(),
@@ -229,11 +252,11 @@ impl Batcher {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(handle);
-        let label = stream.to_string();
+        let (tenant, label) = (dest.tenant.to_string(), dest.stream.to_string());
         StreamEntry {
             tx,
-            accepted: metrics::counter!("sluice_events_total", "stream" => label.clone(), "outcome" => "accepted"),
-            bytes: metrics::counter!("sluice_ingest_bytes_total", "stream" => label),
+            accepted: metrics::counter!("sluice_events_total", "tenant" => tenant.clone(), "stream" => label.clone(), "outcome" => "accepted"),
+            bytes: metrics::counter!("sluice_ingest_bytes_total", "tenant" => tenant, "stream" => label),
         }
     }
 

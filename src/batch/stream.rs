@@ -38,6 +38,7 @@ struct Pending {
 }
 
 pub(super) struct StreamTask {
+    pub tenant: String,
     pub name: String,
     pub path: StreamPath,
     pub log: Arc<Log>,
@@ -139,6 +140,7 @@ fn add(pending: &mut Pending, sub: Submission) {
 
 struct Committer {
     on_commit: Option<super::CommitHook>,
+    tenant: String,
     name: String,
     path: StreamPath,
     log: Arc<Log>,
@@ -151,6 +153,7 @@ impl From<&StreamTask> for Committer {
     fn from(t: &StreamTask) -> Self {
         Committer {
             on_commit: t.on_commit.clone(),
+            tenant: t.tenant.clone(),
             name: t.name.clone(),
             path: t.path.clone(),
             log: t.log.clone(),
@@ -208,7 +211,7 @@ impl Committer {
         };
         self.chooser.observe(appended.conflicts);
         if let Some(hook) = &self.on_commit {
-            hook(&self.name, appended.partition);
+            hook(&self.tenant, &self.name, appended.partition);
         }
         self.record_metrics(&segment, appended.conflicts, started);
         for w in p.waiters {
@@ -222,10 +225,10 @@ impl Committer {
     }
 
     fn record_metrics(&self, segment: &Segment, conflicts: u32, started: StdInstant) {
-        let stream = self.name.clone();
-        metrics::counter!("sluice_segments_committed_total", "stream" => stream.clone())
+        let (tenant, stream) = (self.tenant.clone(), self.name.clone());
+        metrics::counter!("sluice_segments_committed_total", "tenant" => tenant.clone(), "stream" => stream.clone())
             .increment(1);
-        metrics::counter!("sluice_commit_conflicts_total", "stream" => stream)
+        metrics::counter!("sluice_commit_conflicts_total", "tenant" => tenant, "stream" => stream)
             .increment(u64::from(conflicts));
         metrics::histogram!("sluice_flush_duration_seconds")
             .record(started.elapsed().as_secs_f64());

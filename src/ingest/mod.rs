@@ -18,11 +18,14 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde::Serialize;
 
-use crate::batch::Ack;
+use crate::auth::Grant;
+use crate::batch::{Ack, Dest};
 use crate::decode::{self, Decoded, Encoding, Format};
 use crate::error::{EventError, Problem};
+use crate::limit::RateState;
 use crate::log::segment::ReceivedAt;
 use crate::server::App;
+use crate::tenants::StreamSettings;
 
 /// Per-event errors listed in one response; the rest are counted.
 pub const MAX_REPORTED_ERRORS: usize = 100;
@@ -39,6 +42,27 @@ pub struct Accepted {
     pub errors: Vec<EventError>,
     #[serde(skip_serializing_if = "is_zero")]
     pub errors_omitted: usize,
+    /// Where the caller stands against its rate limits (response headers).
+    #[serde(skip)]
+    pub rate: Option<RateState>,
+}
+
+/// Where a batch of events goes, and on whose behalf.
+#[derive(Clone, Copy)]
+pub struct Target<'a> {
+    pub grant: &'a Grant,
+    pub stream: &'a str,
+    pub settings: &'a Arc<StreamSettings>,
+}
+
+impl Target<'_> {
+    fn dest(&self) -> Dest<'_> {
+        Dest {
+            tenant: &self.grant.tenant.name,
+            stream: self.stream,
+            settings: self.settings,
+        }
+    }
 }
 
 fn is_zero(n: &usize) -> bool {
@@ -47,41 +71,63 @@ fn is_zero(n: &usize) -> bool {
 
 pub async fn handle(
     app: &Arc<App>,
+    grant: &Grant,
     stream: &str,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Problem> {
-    check_stream_name(app, stream)?;
+    let settings = grant.stream(stream)?;
+    let target = Target {
+        grant,
+        stream,
+        settings: &settings,
+    };
     let durable = !wants_async(&req);
     let format = Format::from_content_type(header_str(req.headers(), header::CONTENT_TYPE))?;
     let encoding = Encoding::from_header(header_str(req.headers(), header::CONTENT_ENCODING))?;
     let body = read_body(app, req).await?;
-    let answer = ingest_bytes(app, stream, body, format, encoding, durable).await?;
+    let answer = ingest_bytes(app, target, body, format, encoding, durable).await?;
     let status = if durable {
         StatusCode::OK
     } else {
         StatusCode::ACCEPTED
     };
-    Ok(json(status, &answer))
+    let mut resp = json(status, &answer);
+    if let Some(rate) = answer.rate {
+        rate.write_headers(resp.headers_mut());
+    }
+    Ok(resp)
 }
 
 /// Decode, validate and submit one batch of events; with `durable`, wait for
 /// the commit (one deadline, `batch.ack_timeout_ms`, covers queueing and commit).
 pub async fn ingest_bytes(
     app: &Arc<App>,
-    stream: &str,
+    target: Target<'_>,
     body: Bytes,
     format: Format,
     encoding: Encoding,
     durable: bool,
 ) -> Result<Accepted, Problem> {
     let at = ReceivedAt::now();
-    let limits = &app.config.limits;
+    let limits = &target.settings.limits;
     let raw = decode::decompress(body, encoding, limits.max_decoded_bytes)?;
     let decoded = decode::split(&raw, format, limits)?;
     let (accepted, rejected) = (decoded.events.len(), decoded.rejected.len());
+    let dest = target.dest();
+    let limiters = target.grant.limiters(target.settings);
+    let rate =
+        crate::limit::check(&limiters, accepted + rejected, raw.len()).inspect_err(|_| {
+            app.batcher.count(
+                dest.tenant,
+                dest.stream,
+                "rate_limited",
+                accepted + rejected,
+            )
+        })?;
     let (errors, omitted) = report(&decoded);
     if rejected > 0 {
-        app.batcher.count_invalid(stream, rejected);
+        app.batcher
+            .count(dest.tenant, dest.stream, "invalid", rejected);
     }
     if accepted == 0 {
         let mut p = Problem::new(
@@ -97,7 +143,7 @@ pub async fn ingest_bytes(
     let wait = app.config.batch.ack_timeout();
     let rx = app
         .batcher
-        .submit(stream, decoded.events, raw.len(), at, durable, wait)
+        .submit(dest, decoded.events, raw.len(), at, durable, wait)
         .await?;
     drop(raw);
     let ack = match rx {
@@ -111,18 +157,8 @@ pub async fn ingest_bytes(
         first_offset: ack.map(|a| a.first_offset),
         errors,
         errors_omitted: omitted,
+        rate,
     })
-}
-
-pub fn check_stream_name(app: &App, stream: &str) -> Result<(), Problem> {
-    let max = app.config.limits.max_stream_name_len;
-    if crate::names::valid(stream, max) {
-        return Ok(());
-    }
-    Err(Problem::bad_request(
-        "invalid-stream-name",
-        format!("stream name {stream:?} must be 1-{max} characters of [A-Za-z0-9._-], not starting with '.' or '-' (limits.max_stream_name_len)"),
-    ))
 }
 
 fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {

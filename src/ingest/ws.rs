@@ -18,12 +18,14 @@ use serde_json::value::RawValue;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_tungstenite::tungstenite::Message;
 
-use super::{ingest_bytes, Accepted};
+use super::{ingest_bytes, Accepted, Target};
+use crate::auth::Grant;
 use crate::body::Body;
 use crate::decode::{Encoding, Format};
 use crate::error::Problem;
 use crate::server::upgrade::{self, Socket};
 use crate::server::App;
+use crate::tenants::StreamSettings;
 
 /// Close code when a frame is larger than `limits.max_body_bytes`.
 pub const CLOSE_TOO_BIG: u16 = 1009;
@@ -38,10 +40,11 @@ struct Mode {
 
 pub async fn handle(
     app: &Arc<App>,
+    grant: &Grant,
     stream: &str,
     mut req: Request<Incoming>,
 ) -> Result<Response<Body>, Problem> {
-    super::check_stream_name(app, stream)?;
+    let settings = grant.stream(stream)?;
     let mode = Mode {
         durable: !super::wants_async(&req),
         envelope: req
@@ -54,19 +57,41 @@ pub async fn handle(
     upgrade::check(&req)?;
     let permit = app.socket_permit()?;
     let (resp, socket) = upgrade::accept(&mut req, app.config.limits.max_body_bytes)?;
-    let (app, stream) = (app.clone(), stream.to_string());
+    let app = app.clone();
+    let dest = Arc::new(Owned {
+        grant: grant.clone(),
+        stream: stream.to_string(),
+        settings,
+    });
     tokio::spawn(async move {
         let _permit = permit;
         if let Some(socket) = socket.await {
             metrics::gauge!("sluice_websocket_connections", "kind" => "ingest").increment(1.0);
-            serve(app, stream, socket, mode).await;
+            serve(app, dest, socket, mode).await;
             metrics::gauge!("sluice_websocket_connections", "kind" => "ingest").decrement(1.0);
         }
     });
     Ok(resp)
 }
 
-async fn serve(app: Arc<App>, stream: String, socket: Socket, mode: Mode) {
+/// A connection's target, owned for its lifetime.
+struct Owned {
+    grant: Grant,
+    stream: String,
+    settings: Arc<StreamSettings>,
+}
+
+impl Owned {
+    fn target(&self) -> Target<'_> {
+        Target {
+            grant: &self.grant,
+            stream: &self.stream,
+            settings: &self.settings,
+        }
+    }
+}
+
+async fn serve(app: Arc<App>, dest: Arc<Owned>, socket: Socket, mode: Mode) {
     let (mut sink, mut source) = socket.split();
     let max = app.config.websocket.max_inflight_frames.max(1);
     let (out, mut rx) = mpsc::channel::<Message>(max + 2);
@@ -117,9 +142,9 @@ async fn serve(app: Arc<App>, stream: String, socket: Socket, mode: Mode) {
         let Ok(permit) = inflight.clone().acquire_owned().await else {
             break;
         };
-        let (app, stream, out) = (app.clone(), stream.clone(), out.clone());
+        let (app, dest, out) = (app.clone(), dest.clone(), out.clone());
         tokio::spawn(async move {
-            let reply = answer(&app, &stream, text, frame, mode).await;
+            let reply = answer(&app, dest.target(), text, frame, mode).await;
             let _ = out.send(Message::text(reply)).await;
             drop(permit);
         });
@@ -147,7 +172,7 @@ struct Envelope<'a> {
 }
 
 /// The ack (or error) frame for one text frame.
-async fn answer(app: &Arc<App>, stream: &str, text: Bytes, frame: u64, mode: Mode) -> String {
+async fn answer(app: &Arc<App>, target: Target<'_>, text: Bytes, frame: u64, mode: Mode) -> String {
     let (id, events) = if mode.envelope {
         match serde_json::from_slice::<Envelope>(&text) {
             Ok(e) => (
@@ -168,7 +193,7 @@ async fn answer(app: &Arc<App>, stream: &str, text: Bytes, frame: u64, mode: Mod
     let format = frame_format(&events);
     match ingest_bytes(
         app,
-        stream,
+        target,
         events,
         format,
         Encoding::Identity,

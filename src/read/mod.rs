@@ -46,20 +46,19 @@ struct Running {
 /// All readers' shared state on one gateway.
 pub struct Readers {
     log: Arc<Log>,
-    tenant: String,
     config: ReadConfig,
     cache: SegmentCache,
     /// Segment fetches under way: readers woken by the same commit share one GET.
     fetching: Fetches,
-    tailers: Mutex<HashMap<(String, u32), Running>>,
+    /// By (tenant, stream, partition).
+    tailers: Mutex<HashMap<(String, String, u32), Running>>,
 }
 
 impl Readers {
-    pub fn new(log: Arc<Log>, tenant: &str, config: ReadConfig) -> Self {
+    pub fn new(log: Arc<Log>, config: ReadConfig) -> Self {
         Readers {
             cache: SegmentCache::new(config.cache_bytes),
             log,
-            tenant: tenant.to_string(),
             config,
             fetching: Mutex::new(HashMap::new()),
             tailers: Mutex::new(HashMap::new()),
@@ -75,9 +74,14 @@ impl Readers {
     }
 
     /// The tailer of a partition, started if need be.
-    pub fn tailer(&self, stream: &str, partition: u32) -> Result<Arc<Tailer>, ReadError> {
+    pub fn tailer(
+        &self,
+        tenant: &str,
+        stream: &str,
+        partition: u32,
+    ) -> Result<Arc<Tailer>, ReadError> {
         let mut tailers = self.tailers.lock().unwrap_or_else(|p| p.into_inner());
-        let key = (stream.to_string(), partition);
+        let key = (tenant.to_string(), stream.to_string(), partition);
         if let Some(r) = tailers.get(&key).filter(|r| r.tailer.touch()) {
             return Ok(r.tailer.clone());
         }
@@ -87,7 +91,7 @@ impl Readers {
                 limit: self.config.max_tailers,
             });
         }
-        let tailer = Tailer::new(self.log.stream(&self.tenant, stream), partition);
+        let tailer = Tailer::new(self.log.stream(tenant, stream), partition);
         let task = tokio::spawn(tailer.clone().run(self.log.clone(), self.cadence()));
         tailers.insert(
             key,
@@ -108,9 +112,10 @@ impl Readers {
     }
 
     /// This gateway committed to `partition`: its tailer (if any) polls now.
-    pub fn wake(&self, stream: &str, partition: u32) {
+    pub fn wake(&self, tenant: &str, stream: &str, partition: u32) {
         let tailers = self.tailers.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(r) = tailers.get(&(stream.to_string(), partition)) {
+        let key = (tenant.to_string(), stream.to_string(), partition);
+        if let Some(r) = tailers.get(&key) {
             r.tailer.wake();
         }
     }

@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use super::{ReadError, Tailer};
+use crate::auth::Grant;
 use crate::body::Body;
 use crate::error::Problem;
 use crate::ingest::json;
@@ -69,14 +70,13 @@ fn number<T: std::str::FromStr>(q: &BTreeMap<&str, &str>, key: &str) -> Result<O
     }
 }
 
-fn partition_of(app: &App, q: &BTreeMap<&str, &str>) -> Result<u32, Problem> {
+fn partition_of(n: u32, q: &BTreeMap<&str, &str>) -> Result<u32, Problem> {
     let p = number::<u32>(q, "partition")?.unwrap_or(0);
-    let n = app.config.streams.partitions;
     if p >= n {
         return Err(Problem::bad_request(
             "bad-query",
             format!(
-                "partition {p} does not exist; partitions are 0-{} (streams.partitions)",
+                "partition {p} does not exist; this stream has partitions 0-{}",
                 n - 1
             ),
         ));
@@ -87,34 +87,48 @@ fn partition_of(app: &App, q: &BTreeMap<&str, &str>) -> Result<u32, Problem> {
 /// `GET /v1/streams/{stream}/events`: long-poll, or SSE with `Accept: text/event-stream`.
 pub async fn events(
     app: &Arc<App>,
+    grant: &Grant,
     stream: &str,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Problem> {
-    crate::ingest::check_stream_name(app, stream)?;
+    let partitions = grant.stream(stream)?.partitions;
+    let at = Place {
+        tenant: &grant.tenant.name,
+        stream,
+        partitions,
+    };
     let wants_sse = req
         .headers()
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("text/event-stream"));
     if wants_sse {
-        return sse(app, stream, &req).await;
+        return sse(app, at, &req).await;
     }
-    long_poll(app, stream, &req).await
+    long_poll(app, at, &req).await
+}
+
+/// A stream being read: whose, which, and how many partitions it has.
+#[derive(Clone, Copy)]
+pub struct Place<'a> {
+    pub tenant: &'a str,
+    pub stream: &'a str,
+    pub partitions: u32,
 }
 
 async fn long_poll(
     app: &Arc<App>,
-    stream: &str,
+    at: Place<'_>,
     req: &Request<Incoming>,
 ) -> Result<Response<Body>, Problem> {
     let q = query(req);
-    let partition = partition_of(app, &q)?;
+    let partition = partition_of(at.partitions, &q)?;
     let cfg = &app.readers.config().clone();
     let limit = number::<usize>(&q, "limit")?
         .unwrap_or(DEFAULT_LIMIT)
         .min(cfg.max_events_per_read);
     let wait = Duration::from_millis(number::<u64>(&q, "wait")?.unwrap_or(0)).min(cfg.max_wait());
-    let tailer = app.readers.tailer(stream, partition)?;
+    let tailer = app.readers.tailer(at.tenant, at.stream, partition)?;
     let mut heads = tailer.subscribe();
     let head = known_head(&mut heads).await?;
     let offset = match q.get("offset") {
@@ -204,8 +218,8 @@ fn batch_json(partition: u32, batch: &ReadBatch, with_next: bool) -> Bytes {
 
 /// Where an SSE stream starts: `Last-Event-ID` (`p:o,p:o,…`), else `from`
 /// (`earliest`, `latest`, or `p:o|latest,…`); unnamed partitions start at latest.
-fn start_positions(app: &App, req: &Request<Incoming>) -> Result<Vec<Option<u64>>, Problem> {
-    let n = app.config.streams.partitions as usize;
+fn start_positions(n: u32, req: &Request<Incoming>) -> Result<Vec<Option<u64>>, Problem> {
+    let n = n as usize;
     let last = req
         .headers()
         .get("last-event-id")
@@ -239,10 +253,10 @@ fn start_positions(app: &App, req: &Request<Incoming>) -> Result<Vec<Option<u64>
 
 async fn sse(
     app: &Arc<App>,
-    stream: &str,
+    at: Place<'_>,
     req: &Request<Incoming>,
 ) -> Result<Response<Body>, Problem> {
-    let sub = Subscription::open(app, stream, req).await?;
+    let sub = Subscription::open(app, at, req).await?;
     let (tx, rx) = mpsc::channel::<Bytes>(8);
     let app = app.clone();
     tokio::spawn(async move {
@@ -300,11 +314,10 @@ impl Subscription {
     /// client is answered: an event committed after the answer is never skipped.
     pub async fn open(
         app: &Arc<App>,
-        stream: &str,
+        at: Place<'_>,
         req: &Request<Incoming>,
     ) -> Result<Subscription, Problem> {
-        crate::ingest::check_stream_name(app, stream)?;
-        let wanted = start_positions(app, req)?;
+        let wanted = start_positions(at.partitions, req)?;
         let permit = app.subscribers.clone().try_acquire_owned().map_err(|_| {
             Problem::unavailable(
                 "overloaded",
@@ -316,7 +329,7 @@ impl Subscription {
         })?;
         let (mut tailers, mut start) = (Vec::new(), Vec::new());
         for (p, from) in wanted.into_iter().enumerate() {
-            let tailer = app.readers.tailer(stream, p as u32)?;
+            let tailer = app.readers.tailer(at.tenant, at.stream, p as u32)?;
             start.push(match from {
                 Some(offset) => offset,
                 None => known_head(&mut tailer.subscribe()).await?,
@@ -422,10 +435,10 @@ fn sse_frame(cursor: &[u64], partition: u32, batch: &ReadBatch) -> Bytes {
     Bytes::from(out)
 }
 
-/// `GET /v1/streams`: the tenant's streams.
-pub async fn list(app: &Arc<App>) -> Result<Response<Body>, Problem> {
+/// `GET /v1/streams`: the tenant's streams the key may see, declared or written.
+pub async fn list(app: &Arc<App>, grant: &Grant) -> Result<Response<Body>, Problem> {
     let store = app.log.store();
-    let prefix = store.root.clone().join(app.config.tenant.as_str());
+    let prefix = store.root.clone().join(grant.tenant.name.as_str());
     let listing = store
         .inner
         .list_with_delimiter(Some(&prefix))
@@ -436,9 +449,13 @@ pub async fn list(app: &Arc<App>) -> Result<Response<Body>, Problem> {
     let mut names: Vec<String> = listing
         .common_prefixes
         .iter()
-        .filter_map(|p| p.filename().map(str::to_string))
+        .filter_map(|p| p.filename())
+        .chain(grant.tenant.declared())
+        .filter(|s| grant.sees(s))
+        .map(str::to_string)
         .collect();
     names.sort();
+    names.dedup();
     Ok(json(
         StatusCode::OK,
         &serde_json::json!({ "streams": names }),
@@ -446,14 +463,18 @@ pub async fn list(app: &Arc<App>) -> Result<Response<Body>, Problem> {
 }
 
 /// `GET /v1/streams/{stream}`: partitions, heads, created time.
-pub async fn describe(app: &Arc<App>, stream: &str) -> Result<Response<Body>, Problem> {
-    crate::ingest::check_stream_name(app, stream)?;
+pub async fn describe(
+    app: &Arc<App>,
+    grant: &Grant,
+    stream: &str,
+) -> Result<Response<Body>, Problem> {
+    let settings = grant.stream(stream)?;
     let log = &app.log;
-    let path = log.stream(&app.config.tenant, stream);
+    let path = log.stream(&grant.tenant.name, stream);
     let unavailable =
         |e: crate::log::LogError| Problem::unavailable("store-unavailable", e.to_string());
     let (mut partitions, mut created) = (Vec::new(), None::<String>);
-    for p in 0..app.config.streams.partitions {
+    for p in 0..settings.partitions {
         let head = log.head(&path, p).await.map_err(unavailable)?;
         if head.next_seq > 0 {
             if let Some(first) = log.record(&path, p, 0).await.map_err(unavailable)? {
@@ -466,15 +487,16 @@ pub async fn describe(app: &Arc<App>, stream: &str) -> Result<Response<Body>, Pr
             "partition": p, "first_offset": 0, "head_offset": head.next_offset, "records": head.next_seq,
         }));
     }
-    let Some(created) = created else {
+    if created.is_none() && !settings.declared {
         return Err(Problem::not_found(format!(
             "stream {stream:?} has no events"
         )));
-    };
+    }
     Ok(json(
         StatusCode::OK,
         &serde_json::json!({
-            "name": stream, "created_at": created, "schema": null, "partitions": partitions,
+            "name": stream, "created_at": created, "declared": settings.declared,
+            "schema": null, "partitions": partitions,
         }),
     ))
 }

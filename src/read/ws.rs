@@ -14,7 +14,8 @@ use hyper::body::Incoming;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
-use super::routes::{Out, PumpEnd, Subscription};
+use super::routes::{Out, Place, PumpEnd, Subscription};
+use crate::auth::Grant;
 use crate::body::Body;
 use crate::error::Problem;
 use crate::server::upgrade;
@@ -31,12 +32,18 @@ pub const CLOSE_STORE_UNAVAILABLE: u16 = 1011;
 
 pub async fn handle(
     app: &Arc<App>,
+    grant: &Grant,
     stream: &str,
     mut req: Request<Incoming>,
 ) -> Result<Response<Body>, Problem> {
+    let at = Place {
+        tenant: &grant.tenant.name,
+        stream,
+        partitions: grant.stream(stream)?.partitions,
+    };
     upgrade::check(&req)?;
     let permit = app.socket_permit()?;
-    let mut sub = Subscription::open(app, stream, &req).await?;
+    let mut sub = Subscription::open(app, at, &req).await?;
     let subscriber = sub.take_permit();
     let (resp, socket) = upgrade::accept(&mut req, 64 * 1024)?;
     let app = app.clone();

@@ -6,6 +6,7 @@
 //! handling lives in `routes` and `ingest`.
 
 mod routes;
+pub mod tls;
 pub mod upgrade;
 
 use std::future::Future;
@@ -17,9 +18,10 @@ use std::time::Duration;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use metrics_exporter_prometheus::PrometheusHandle;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
+use crate::auth::Access;
 use crate::batch::Batcher;
 use crate::config::Config;
 use crate::log::retry::RetryPolicy;
@@ -32,6 +34,8 @@ use crate::store::{Store, StoreError};
 pub enum StartError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: String,
@@ -42,6 +46,8 @@ pub enum StartError {
 /// Shared state of one gateway.
 pub struct App {
     pub config: Config,
+    /// Keys, tenants and their streams.
+    pub access: Access,
     pub log: Arc<Log>,
     pub batcher: Batcher,
     pub readers: Arc<Readers>,
@@ -86,12 +92,14 @@ impl App {
 pub struct Gateway {
     pub app: Arc<App>,
     listener: TcpListener,
+    tls: Option<Arc<tls::Tls>>,
 }
 
 impl Gateway {
     /// Open the store (and prove it answers), bind the listener.
     pub async fn bind(config: Config) -> Result<Gateway, StartError> {
         let store = Store::open(&config.store)?;
+        let tls = config.tls.as_ref().map(tls::Tls::load).transpose()?;
         store.check(&config.store).await?;
         let listener = listen(&config.listen, config.server.listen_backlog).map_err(|source| {
             StartError::Bind {
@@ -99,7 +107,15 @@ impl Gateway {
                 source,
             }
         })?;
-        Ok(Gateway::with_store(config, store, listener))
+        let mut gateway = Gateway::with_store(config, store, listener);
+        gateway.tls = tls;
+        Ok(gateway)
+    }
+
+    /// Serve TLS with `tls` (tests; `bind` loads it from the config).
+    pub fn with_tls(mut self, tls: Arc<tls::Tls>) -> Self {
+        self.tls = Some(tls);
+        self
     }
 
     /// A gateway on a given store and listener (tests: decorated stores).
@@ -110,24 +126,16 @@ impl Gateway {
             ..RetryPolicy::default()
         };
         let log = Arc::new(Log::new(store, writer, policy));
-        let readers = Arc::new(Readers::new(
-            log.clone(),
-            &config.tenant,
-            config.read.clone(),
-        ));
+        let readers = Arc::new(Readers::new(log.clone(), config.read.clone()));
         let wake = readers.clone();
-        let batcher = Batcher::new(
-            log.clone(),
-            &config.tenant,
-            config.batch.clone(),
-            config.streams.clone(),
-        )
-        .on_commit(Arc::new(move |stream: &str, partition| {
-            wake.wake(stream, partition)
-        }));
+        let batcher =
+            Batcher::new(log.clone(), &config.batch, config.streams.clone()).on_commit(Arc::new(
+                move |tenant: &str, stream: &str, partition| wake.wake(tenant, stream, partition),
+            ));
         let app = Arc::new(App {
             subscribers: Arc::new(Semaphore::new(config.read.max_subscribers)),
             sockets: Arc::new(Semaphore::new(config.server.max_connections)),
+            access: Access::from_config(&config),
             config,
             log,
             batcher,
@@ -136,7 +144,11 @@ impl Gateway {
             draining: AtomicBool::new(false),
             closing: watch::channel(false).0,
         });
-        Gateway { app, listener }
+        Gateway {
+            app,
+            listener,
+            tls: None,
+        }
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -145,7 +157,10 @@ impl Gateway {
 
     /// Serve until `shutdown` resolves, then drain and flush.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        let Gateway { app, listener } = self;
+        let Gateway { app, listener, tls } = self;
+        if let Some(tls) = &tls {
+            tls.spawn_reloader(app.closing());
+        }
         let max = app.config.server.max_connections;
         let permits = Arc::new(Semaphore::new(max));
         let (close_tx, close_rx) = watch::channel(false);
@@ -163,9 +178,16 @@ impl Gateway {
             };
             match accepted {
                 Ok(((stream, _), permit)) => {
-                    let (app, close) = (app.clone(), close_rx.clone());
+                    let (app, close, tls) = (app.clone(), close_rx.clone(), tls.clone());
                     tokio::spawn(async move {
-                        serve_connection(app, stream, close).await;
+                        let _ = stream.set_nodelay(true);
+                        match tls {
+                            None => serve_connection(app, stream, close).await,
+                            Some(tls) => match tls.accept(stream).await {
+                                Ok(stream) => serve_connection(app, stream, close).await,
+                                Err(e) => tracing::debug!(error = %e, "TLS handshake failed"),
+                            },
+                        }
                         drop(permit);
                     });
                 }
@@ -228,8 +250,10 @@ async fn drain(
     }
 }
 
-async fn serve_connection(app: Arc<App>, stream: TcpStream, mut close: watch::Receiver<bool>) {
-    let _ = stream.set_nodelay(true);
+async fn serve_connection<S>(app: Arc<App>, stream: S, mut close: watch::Receiver<bool>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let cfg = &app.config.server;
     let mut builder = http1::Builder::new();
     builder

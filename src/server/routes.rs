@@ -14,6 +14,7 @@ use hyper::body::Incoming;
 use object_store::ObjectStoreExt;
 
 use super::App;
+use crate::auth::{self, Action};
 use crate::error::Problem;
 use crate::{ingest, read};
 
@@ -30,6 +31,7 @@ fn route_label(method: &Method, path: &str) -> &'static str {
             "subscribe"
         }
         (&Method::GET, p) if p.starts_with("/v1/streams") => "streams",
+        (&Method::OPTIONS, _) => "preflight",
         _ => "other",
     }
 }
@@ -45,7 +47,14 @@ pub async fn route(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Bod
     let label = route_label(req.method(), req.uri().path());
     let inflight = inflight();
     inflight.increment(1.0);
-    let resp = dispatch(&app, req).await.unwrap_or_else(|p| p.response());
+    let cors = app.access.cors_origin(req.headers());
+    let mut resp = match auth::is_preflight(&req) {
+        true => app.access.preflight(&req),
+        false => dispatch(&app, req).await.unwrap_or_else(|p| p.response()),
+    };
+    if let Some(origin) = cors {
+        auth::allow_origin(resp.headers_mut(), origin);
+    }
     inflight.decrement(1.0);
     let status = resp.status().as_u16().to_string();
     metrics::counter!("sluice_http_requests_total", "route" => label, "status" => status)
@@ -58,24 +67,38 @@ pub async fn route(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Bod
 async fn dispatch(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, Problem> {
     let path = req.uri().path().to_string();
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let grant = |action, stream| app.access.authorize(&req, action, stream);
     match (req.method(), segments.as_slice()) {
         (&Method::GET, ["healthz"]) => Ok(text(StatusCode::OK, "ok\n")),
         (&Method::GET, ["readyz"]) => Ok(readyz(app).await),
-        (&Method::GET, ["metrics"]) => Ok(metrics(app)),
+        (&Method::GET, ["metrics"]) => {
+            grant(Action::Metrics, None)?;
+            Ok(metrics(app))
+        }
         (&Method::POST, ["v1", "streams", stream, "events"]) => {
-            ingest::handle(app, stream, req).await
+            let g = grant(Action::Write, Some(stream))?;
+            ingest::handle(app, &g, stream, req).await
         }
         (&Method::GET, ["v1", "streams", stream, "events"]) => {
-            read::routes::events(app, stream, req).await
+            let g = grant(Action::Read, Some(stream))?;
+            read::routes::events(app, &g, stream, req).await
         }
         (&Method::GET, ["v1", "streams", stream, "ws"]) => {
-            ingest::ws::handle(app, stream, req).await
+            let g = grant(Action::Write, Some(stream))?;
+            ingest::ws::handle(app, &g, stream, req).await
         }
         (&Method::GET, ["v1", "streams", stream, "subscribe"]) => {
-            read::ws::handle(app, stream, req).await
+            let g = grant(Action::Read, Some(stream))?;
+            read::ws::handle(app, &g, stream, req).await
         }
-        (&Method::GET, ["v1", "streams"]) => read::routes::list(app).await,
-        (&Method::GET, ["v1", "streams", stream]) => read::routes::describe(app, stream).await,
+        (&Method::GET, ["v1", "streams"]) => {
+            let g = grant(Action::Read, None)?;
+            read::routes::list(app, &g).await
+        }
+        (&Method::GET, ["v1", "streams", stream]) => {
+            let g = grant(Action::Read, Some(stream))?;
+            read::routes::describe(app, &g, stream).await
+        }
         (_, ["v1", "streams", _, "events"])
         | (_, ["v1", "streams"] | ["v1", "streams", _])
         | (_, ["healthz" | "readyz" | "metrics"]) => Err(Problem::new(
