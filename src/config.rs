@@ -421,7 +421,13 @@ impl Config {
         };
         let shown = file.map_or_else(|| "(no file)".to_string(), |p| p.display().to_string());
         let config = Self::from_sources(&shown, &text, std::env::vars())?;
-        config.validate()?;
+        config.validate().map_err(|e| match e {
+            ConfigError::Invalid { key, message } => ConfigError::Parse {
+                path: shown,
+                message: format!("key {key}: {message}"),
+            },
+            other => other,
+        })?;
         Ok(config)
     }
 
