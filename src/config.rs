@@ -590,7 +590,7 @@ impl Config {
             if let Some(o) = key.origins.iter().find(|o| !valid_origin(o)) {
                 return bad(
                     format!("{at}.origins"),
-                    format!("{o:?} is not an origin: scheme://host[:port], no path (\"*\" wildcards allowed)"),
+                    format!("{o:?} is not an origin: scheme://host[:port] in lowercase, no path (\"*\" wildcards allowed)"),
                 );
             }
             if let Some(rate) = &key.rate {
@@ -659,8 +659,12 @@ fn valid_origin(o: &str) -> bool {
     let Some((scheme, rest)) = o.split_once("://") else {
         return false;
     };
-    let host_ok =
-        |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'*' | b'[' | b']');
+    // Browsers send scheme and host in lowercase; an uppercase pattern could never match.
+    let host_ok = |b: u8| {
+        b.is_ascii_lowercase()
+            || b.is_ascii_digit()
+            || matches!(b, b'.' | b'-' | b':' | b'*' | b'[' | b']')
+    };
     matches!(scheme, "http" | "https") && !rest.is_empty() && rest.bytes().all(host_ok)
 }
 

@@ -156,18 +156,28 @@ fn keygen(
             .collect();
         format!("[{}]", items.join(", "))
     };
-    println!("key: {key}");
-    println!("# Paste into the config; the key above is not stored anywhere.");
-    println!("[[keys]]");
-    println!("id = {id:?}");
-    println!("tenant = {tenant:?}");
-    println!("hash = {:?}", sluice::auth::keys::hash_text(&key));
-    println!("scopes = {}", list(scopes));
-    println!("streams = {}", list(streams));
+    let mut text = format!(
+        "key: {key}\n# Paste into the config; the key above is not stored anywhere.\n[[keys]]\n"
+    );
+    text.push_str(&format!("id = {id:?}\ntenant = {tenant:?}\n"));
+    text.push_str(&format!(
+        "hash = {:?}\n",
+        sluice::auth::keys::hash_text(&key)
+    ));
+    text.push_str(&format!(
+        "scopes = {}\nstreams = {}\n",
+        list(scopes),
+        list(streams)
+    ));
     if let Some(origins) = origins {
-        println!("origins = {}", list(origins));
+        text.push_str(&format!("origins = {}\n", list(origins)));
     }
-    Ok(())
+    // `sluice keygen | head -1` closes the pipe early: not an error.
+    use std::io::Write;
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
 }
 
 async fn tail(opts: TailOptions) -> anyhow::Result<()> {

@@ -284,6 +284,7 @@ async fn refusals_say_why_and_carry_the_auth_headers() {
         resp.headers()["www-authenticate"],
         "Bearer realm=\"sluice\""
     );
+    assert_eq!(resp.headers()["vary"], "origin", "answers depend on Origin");
     let body: Value = resp
         .bytes()
         .await
@@ -351,6 +352,23 @@ async fn preflight_answers_from_the_keys_origins() {
     assert!(!refused
         .headers()
         .contains_key("access-control-allow-origin"));
+    // With ?key=, that key's origins decide, and a refusal carries no CORS
+    // headers even though another key allows the origin.
+    let with_key = client
+        .request(
+            reqwest::Method::OPTIONS,
+            gw.url(&format!("/v1/streams/clicks/events?key={}", keys.writer)),
+        )
+        .header("origin", ALLOWED)
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(with_key.status(), 403);
+    assert!(!with_key
+        .headers()
+        .contains_key("access-control-allow-origin"));
+    assert!(with_key.text().await.unwrap().contains("the key in ?key="));
     // The real request from the allowed origin can read its answer.
     let resp = client
         .post(gw.url("/v1/streams/clicks/events"))

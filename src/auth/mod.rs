@@ -80,7 +80,7 @@ impl Key {
     }
 
     fn allows_origin(&self, origin: &str) -> bool {
-        self.origins.iter().any(|p| keys::glob(p, origin))
+        origin_allowed(&self.origins, origin)
     }
 }
 
@@ -171,6 +171,14 @@ impl Access {
         self.enabled
     }
 
+    /// Answers depend on `Origin` once keys exist: every response says so
+    /// (`Vary`), so a shared cache never serves one origin's answer to another.
+    pub fn vary(&self, headers: &mut HeaderMap) {
+        if self.enabled {
+            headers.append(header::VARY, HeaderValue::from_static("origin"));
+        }
+    }
+
     /// Who sent `req`, and may they do `action` (on `stream`)?
     pub fn authorize<B>(
         &self,
@@ -226,10 +234,7 @@ impl Access {
     pub fn cors_origin(&self, headers: &HeaderMap) -> Option<HeaderValue> {
         let origin = headers.get(header::ORIGIN)?;
         let text = origin.to_str().ok()?;
-        self.origins
-            .iter()
-            .any(|p| keys::glob(p, text))
-            .then(|| origin.clone())
+        origin_allowed(&self.origins, text).then(|| origin.clone())
     }
 
     /// Answer a CORS preflight (`OPTIONS`): allowed when some key allows the
@@ -248,12 +253,16 @@ impl Access {
         };
         let allowed = match query_key(req) {
             Some(k) => self.keys.find(k).is_some_and(|k| k.allows_origin(origin)),
-            None => self.origins.iter().any(|p| keys::glob(p, origin)),
+            None => origin_allowed(&self.origins, origin),
         };
         if !allowed {
+            let whose = match query_key(req) {
+                Some(_) => "the key in ?key=",
+                None => "no key of this gateway",
+            };
             return forbidden(
                 "forbidden-origin",
-                format!("no key of this gateway may be used from origin {origin:?}"),
+                format!("{whose} may be used from origin {origin:?}"),
             )
             .response();
         }
@@ -276,10 +285,15 @@ impl Access {
     }
 }
 
+/// Does one of `patterns` allow `origin`? `null` (sandboxed frames, `file:`
+/// pages) is never allowed, whatever the patterns.
+fn origin_allowed(patterns: &[String], origin: &str) -> bool {
+    origin != "null" && patterns.iter().any(|p| keys::glob(p, origin))
+}
+
 /// Add the CORS headers for an allowed `origin` to any response.
 pub fn allow_origin(headers: &mut HeaderMap, origin: HeaderValue) {
     headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
-    headers.append(header::VARY, HeaderValue::from_static("origin"));
     headers.insert(
         header::ACCESS_CONTROL_EXPOSE_HEADERS,
         HeaderValue::from_static(EXPOSE_HEADERS),
@@ -366,4 +380,15 @@ fn unauthorized(kind: &'static str, detail: &str) -> Problem {
 
 fn forbidden(kind: &'static str, detail: impl Into<String>) -> Problem {
     Problem::new(StatusCode::FORBIDDEN, kind, "Forbidden", detail)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_null_origin_is_never_allowed() {
+        let any = ["*".to_string()];
+        assert!(super::origin_allowed(&any, "https://shop.example"));
+        assert!(!super::origin_allowed(&any, "null"));
+        assert!(!super::origin_allowed(&["null".to_string()], "null"));
+    }
 }

@@ -48,11 +48,14 @@ pub async fn route(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Bod
     let inflight = inflight();
     inflight.increment(1.0);
     let cors = app.access.cors_origin(req.headers());
-    let mut resp = match auth::is_preflight(&req) {
+    let preflight = auth::is_preflight(&req);
+    let mut resp = match preflight {
         true => app.access.preflight(&req),
         false => dispatch(&app, req).await.unwrap_or_else(|p| p.response()),
     };
-    if let Some(origin) = cors {
+    app.access.vary(resp.headers_mut());
+    // A refused preflight carries no CORS headers: the browser must not send.
+    if let Some(origin) = cors.filter(|_| !preflight || resp.status() == StatusCode::NO_CONTENT) {
         auth::allow_origin(resp.headers_mut(), origin);
     }
     inflight.decrement(1.0);
