@@ -16,7 +16,7 @@ const PAGEVIEW_100: &str = include_str!("data/pageview-100.json");
 /// 100 page views as separate event byte strings (~300 bytes each).
 fn events() -> Vec<Bytes> {
     let body = Bytes::from_static(PAGEVIEW_100.as_bytes());
-    decode::split(&body, Format::Json, &Limits::default())
+    decode::split(&body, Format::Json, &Limits::default(), None)
         .expect("bench body decodes")
         .events
 }
@@ -83,7 +83,7 @@ fn body_decoding(c: &mut Criterion) {
             b.iter(|| {
                 let raw = decode::decompress(body.clone(), encoding, limits.max_decoded_bytes)
                     .expect("decompress");
-                black_box(decode::split(&raw, format, &limits).expect("split"))
+                black_box(decode::split(&raw, format, &limits, None).expect("split"))
             })
         });
     }

@@ -9,6 +9,14 @@
 //! process: the gateway is the `sluice` binary, a ceiling is this binary run
 //! again with `--ceiling-server MODE`.
 //!
+//! `durable-1-auth` and `durable-100-auth` repeat `durable-1` and `durable-100`
+//! (same bodies, same default connections) on a gateway started with
+//! `--config`: one tenant, one API key (`Authorization: Bearer` on every
+//! request) and rate limits on its key, stream and tenant, set so high they
+//! never refuse. Each row is printed under its plain twin, followed by a line
+//! with its req/s as a share of the twin's: the cost of the whole auth and
+//! rate-limit path (the target is ≥ 95 %).
+//!
 //! Two read-path scenarios follow, each on a fresh gateway (`read_path`):
 //! - `delivery`: a paced producer POSTs single events (durable) carrying their
 //!   send time (`t_ns`); a WebSocket subscriber (`from=latest`) measures POST →
@@ -20,15 +28,21 @@
 //!
 //! - `cargo bench --bench load`: every scenario, a fresh server process each.
 //! - `cargo test --all-targets` runs this binary without `--bench`: a smoke run
-//!   (4 connections, about a second per scenario) that fails if nothing got a 2xx,
+//!   (4 connections, about a second per scenario) that fails if nothing got a 2xx
+//!   (an `-auth` scenario: if anything got another status),
 //!   plus `delivery` and `fanout` with a few events and 2 subscribers, which
 //!   fail unless the events reach the subscribers.
+//! - `cargo bench --bench load -- --smoke`: the same smoke run, release-built.
+//!
+//! Environment:
+//! - `SLUICE_LOAD_ONLY=durable-1,ceiling-http-1`: run only these scenarios
+//!   (the smoke run too, then each named one at its smoke size).
 //!
 //! Environment (full run only):
 //! - `SLUICE_LOAD_SECS` (default 10): measured seconds per scenario.
 //! - `SLUICE_LOAD_WARMUP_SECS` (default 2): warm-up, after every connection is open.
-//! - `SLUICE_LOAD_ONLY=durable-1,ceiling-http-1`: run only these scenarios.
-//! - `SLUICE_LOAD_CONNS_<SCENARIO>`, e.g. `SLUICE_LOAD_CONNS_DURABLE_1=2000`.
+//! - `SLUICE_LOAD_CONNS_<SCENARIO>`, e.g. `SLUICE_LOAD_CONNS_DURABLE_1=2000`; an
+//!   `-auth` scenario without its own takes its twin's (`…_DURABLE_1`).
 //! - `SLUICE_LOAD_CEILING_THREADS`: worker threads of the ceiling servers
 //!   (default: tokio's, one per core).
 //! - `SLUICE_LOAD_DELIVERY_RATE` (default 200): POSTs/s in `delivery`.
@@ -57,7 +71,8 @@ fn main() {
         ceiling::serve(mode);
         return;
     }
-    let full = args.iter().any(|arg| arg == "--bench");
+    let flag = |name: &str| args.iter().any(|arg| arg == name);
+    let full = flag("--bench") && !flag("--smoke");
     let bodies = Bodies::load();
     let plan = if full { plan::full() } else { plan::smoke() };
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -71,8 +86,13 @@ fn main() {
     }
     read_path::print(&plan, &reads);
     if !full {
-        smoke::check(&rows);
-        read_path::check(&reads);
+        // `SLUICE_LOAD_ONLY` may leave either half of the plan empty.
+        if !plan.groups.is_empty() {
+            smoke::check(&rows);
+        }
+        if !plan.reads.is_empty() {
+            read_path::check(&reads);
+        }
     }
 }
 
@@ -151,6 +171,7 @@ fn run_scenario(
     let spec = load::LoadSpec {
         addr: server.addr,
         host: server.addr.to_string(),
+        authorization: server.authorization.clone(),
         body: body.bytes.clone(),
         respond_async: scenario.respond_async,
         websocket: scenario.websocket,
@@ -199,6 +220,8 @@ mod plan {
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
     pub enum Target {
         Gateway,
+        /// The gateway with a key and (never refusing) rate limits configured.
+        AuthGateway,
         CeilingHttp,
         CeilingParseZstd,
     }
@@ -294,9 +317,21 @@ mod plan {
         }
     }
 
+    /// A `gateway` scenario on the gateway with auth and rate limits on.
+    const fn gateway_auth(name: &'static str, body: BodyKind, conns: usize) -> Scenario {
+        Scenario {
+            target: Target::AuthGateway,
+            ..gateway(name, false, body, conns)
+        }
+    }
+
+    /// What an auth scenario's name ends with; without it, its plain twin's.
+    pub const AUTH_SUFFIX: &str = "-auth";
+
     /// Every scenario with its default connection count; ceilings first, so
-    /// the gateway's rows can be read against them.
-    const ALL: [Scenario; 9] = [
+    /// the gateway's rows can be read against them, and each auth scenario
+    /// right after its plain twin.
+    const ALL: [Scenario; 11] = [
         ceiling("ceiling-http-1", Target::CeilingHttp, BodyKind::One),
         ceiling("ceiling-http-100", Target::CeilingHttp, BodyKind::Hundred),
         ceiling(
@@ -310,7 +345,9 @@ mod plan {
             BodyKind::Hundred,
         ),
         gateway("durable-1", false, BodyKind::One, 4000),
+        gateway_auth("durable-1-auth", BodyKind::One, 4000),
         gateway("durable-100", false, BodyKind::Hundred, 1000),
+        gateway_auth("durable-100-auth", BodyKind::Hundred, 1000),
         gateway("async-1", true, BodyKind::One, 256),
         gateway("async-100", true, BodyKind::Hundred, 256),
         gateway_ws("ws-durable-100", BodyKind::Hundred, 1000),
@@ -378,42 +415,50 @@ mod plan {
         counts
     }
 
-    /// `cargo test`: one gateway for `durable-1` and `async-1`, and both
-    /// ceilings, with 4 connections for about a second each; then a few
-    /// events through `delivery` and through `fanout` with 2 subscribers.
+    /// The smoke run's scenarios unless `SLUICE_LOAD_ONLY` names others.
+    const SMOKE: [&str; 5] = [
+        "ceiling-http-1",
+        "ceiling-parse-zstd-100",
+        "durable-1",
+        "durable-1-auth",
+        "async-1",
+    ];
+
+    /// `cargo test`: both ceilings, `durable-1`, `durable-1-auth` and
+    /// `async-1` (or those `SLUICE_LOAD_ONLY` names) with 4 connections for
+    /// about a second each, neighbours on the same server sharing its
+    /// process; then a few events through `delivery` and through `fanout`
+    /// with 2 subscribers.
     pub fn smoke() -> Plan {
-        let group = |target, names: &[&str]| Group {
-            target,
-            scenarios: names
-                .iter()
-                .map(|name| Scenario {
-                    conns: 4,
-                    ..named(name)
-                })
-                .collect(),
+        let only = selected_names();
+        let chosen = |name: &str| match &only {
+            Some(names) => names.contains(&name),
+            None => SMOKE.contains(&name) || READ_NAMES.contains(&name),
         };
+        let mut groups: Vec<Group> = Vec::new();
+        for s in ALL.iter().filter(|s| chosen(s.name)) {
+            let s = Scenario { conns: 4, ..*s };
+            match groups.last_mut() {
+                Some(group) if group.target == s.target => group.scenarios.push(s),
+                _ => groups.push(Group {
+                    target: s.target,
+                    scenarios: vec![s],
+                }),
+            }
+        }
+        let reads = [
+            ReadScenario::Delivery { rate: 20.0 },
+            ReadScenario::Fanout {
+                rate: 20.0,
+                subscribers: vec![2],
+            },
+        ];
         Plan {
-            groups: vec![
-                group(Target::CeilingHttp, &["ceiling-http-1"]),
-                group(Target::CeilingParseZstd, &["ceiling-parse-zstd-100"]),
-                group(Target::Gateway, &["durable-1", "async-1"]),
-            ],
-            reads: vec![
-                ReadScenario::Delivery { rate: 20.0 },
-                ReadScenario::Fanout {
-                    rate: 20.0,
-                    subscribers: vec![2],
-                },
-            ],
+            groups,
+            reads: reads.into_iter().filter(|r| chosen(r.name())).collect(),
             warmup: Duration::from_millis(200),
             measure: Duration::from_secs(1),
         }
-    }
-
-    fn named(name: &str) -> Scenario {
-        *ALL.iter()
-            .find(|s| s.name == name)
-            .unwrap_or_else(|| panic!("no scenario named {name:?}"))
     }
 
     fn selected_names() -> Option<Vec<&'static str>> {
@@ -447,9 +492,14 @@ mod plan {
         )
     }
 
+    /// `SLUICE_LOAD_CONNS_<SCENARIO>`, else (an auth scenario) its twin's,
+    /// else the default: an auth row compares with its twin at equal load.
     fn conns_for(s: &Scenario) -> usize {
         let variable = conns_variable(s.name);
-        let conns = env_parse(&variable).unwrap_or(s.conns);
+        let twin = s.name.strip_suffix(AUTH_SUFFIX);
+        let conns = env_parse(&variable)
+            .or_else(|| twin.and_then(|twin| env_parse(&conns_variable(twin))))
+            .unwrap_or(s.conns);
         assert!(conns > 0, "{variable} must be at least 1");
         conns
     }
@@ -496,6 +546,7 @@ mod server {
     use std::sync::mpsc::{self, RecvTimeoutError};
     use std::time::{Duration, Instant};
 
+    use http::HeaderValue;
     use tempfile::TempDir;
 
     use super::plan::Target;
@@ -515,6 +566,8 @@ mod server {
     pub struct ServerProcess {
         pub label: &'static str,
         pub addr: SocketAddr,
+        /// `Bearer KEY` for a gateway with auth on.
+        pub authorization: Option<HeaderValue>,
         // Field order matters: the process dies before its store is removed.
         child: ChildGuard,
         _store: Option<TempDir>,
@@ -523,7 +576,8 @@ mod server {
     impl ServerProcess {
         pub fn start(target: Target) -> ServerProcess {
             match target {
-                Target::Gateway => start_gateway(),
+                Target::Gateway => start_gateway(None),
+                Target::AuthGateway => start_auth_gateway(),
                 Target::CeilingHttp => start_ceiling("ceiling-http", super::ceiling::HTTP),
                 Target::CeilingParseZstd => {
                     start_ceiling("ceiling-parse-zstd", super::ceiling::PARSE_ZSTD)
@@ -540,18 +594,64 @@ mod server {
         }
     }
 
-    fn start_gateway() -> ServerProcess {
-        let store = tempfile::Builder::new()
+    /// The gateway on a fresh file store; `config` is written beside the
+    /// store as `sluice.toml` and passed with `--config`.
+    fn start_gateway(config: Option<&str>) -> ServerProcess {
+        let dir = tempfile::Builder::new()
             .prefix("sluice-load-")
             .tempdir()
             .expect("create a temporary directory for the gateway's file store");
         let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
+        command.arg("serve");
+        if let Some(config) = config {
+            let file = dir.path().join("sluice.toml");
+            std::fs::write(&file, config)
+                .unwrap_or_else(|e| panic!("cannot write {}: {e}", file.display()));
+            command.arg("--config").arg(file);
+        }
+        let store = dir.path().join("store");
         command
-            .arg("serve")
             .env("SLUICE_LISTEN", "127.0.0.1:0")
-            .env("SLUICE_STORE", format!("file://{}", store.path().display()))
+            .env("SLUICE_STORE", format!("file://{}", store.display()))
             .env("RUST_LOG", "warn");
-        launch("gateway", command, Some(store))
+        launch("gateway", command, Some(dir))
+    }
+
+    /// The gateway with one tenant and one write key for the stream the
+    /// load posts to, and rate limits on the key, the stream and the tenant,
+    /// each far above what loopback can send: every request takes the whole
+    /// check path and none is refused.
+    fn start_auth_gateway() -> ServerProcess {
+        let key = sluice::auth::keys::generate().expect("generate an API key");
+        let config = auth_config(&sluice::auth::keys::hash_text(&key));
+        let mut server = start_gateway(Some(&config));
+        server.label = "gateway (auth, rate limits)";
+        let bearer = HeaderValue::try_from(format!("Bearer {key}"))
+            .expect("a generated key is a valid header value");
+        server.authorization = Some(bearer);
+        server
+    }
+
+    /// The config of `start_auth_gateway`: `hash` is the key's `hash_text`.
+    fn auth_config(hash: &str) -> String {
+        // u32 fields; governor caps a bucket at 1e9 cells/s, still far beyond reach.
+        const RATE: &str = "{ events_per_sec = 4000000000, bytes_per_sec = 4000000000 }";
+        let stream = super::load::STREAM;
+        format!(
+            r#"[tenants.bench]
+rate = {RATE}
+key_rate = {RATE}
+[tenants.bench.streams.{stream}]
+rate = {RATE}
+
+[[keys]]
+id = "bench"
+tenant = "bench"
+hash = "{hash}"
+scopes = ["write"]
+streams = ["{stream}*"]
+"#
+        )
     }
 
     fn start_ceiling(label: &'static str, mode: &str) -> ServerProcess {
@@ -578,6 +678,7 @@ mod server {
         ServerProcess {
             label,
             addr,
+            authorization: None,
             child,
             _store: store,
         }
@@ -646,8 +747,8 @@ mod load {
 
     use bytes::Bytes;
     use hdrhistogram::Histogram;
-    use http::header::{CONNECTION, CONTENT_TYPE, HOST};
-    use http::{Request, StatusCode};
+    use http::header::{AUTHORIZATION, CONNECTION, CONTENT_TYPE, HOST};
+    use http::{HeaderValue, Request, StatusCode};
     use http_body_util::{BodyExt, Full};
     use hyper::client::conn::http1::{self, SendRequest};
     use hyper_util::rt::TokioIo;
@@ -655,6 +756,9 @@ mod load {
     use tokio::sync::{watch, Barrier};
     use tokio::time::{sleep_until, timeout_at, Instant};
 
+    /// The stream every load request posts to (the auth gateway's key may
+    /// write it); `EVENTS_PATH` names it too.
+    pub const STREAM: &str = "pageviews";
     const EVENTS_PATH: &str = "/v1/streams/pageviews/events";
     const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
     const RECONNECT_BACKOFF: Duration = Duration::from_millis(100);
@@ -668,6 +772,8 @@ mod load {
     pub struct LoadSpec {
         pub addr: SocketAddr,
         pub host: String,
+        /// `Authorization` of every request, rendered once (a clone shares it).
+        pub authorization: Option<HeaderValue>,
         pub body: Bytes,
         pub respond_async: bool,
         pub websocket: bool,
@@ -680,6 +786,9 @@ mod load {
                 .header(CONTENT_TYPE, "application/json");
             if self.respond_async {
                 request = request.header("prefer", "respond-async");
+            }
+            if let Some(authorization) = &self.authorization {
+                request = request.header(AUTHORIZATION, authorization.clone());
             }
             request
                 .body(Full::new(self.body.clone()))
@@ -921,7 +1030,7 @@ mod ws_load {
     use tokio::time::{timeout_at, Instant};
     use tokio_tungstenite::tungstenite::Message;
 
-    use super::load::{wait_for_start, Answer, LoadSpec, Phases, Tally};
+    use super::load::{wait_for_start, Answer, LoadSpec, Phases, Tally, STREAM};
 
     type Socket = tokio_tungstenite::WebSocketStream<
         tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
@@ -933,7 +1042,7 @@ mod ws_load {
         mut started: watch::Receiver<Option<Phases>>,
     ) -> Tally {
         let mut tally = Tally::new();
-        let url = format!("ws://{}/v1/streams/pageviews/ws", spec.addr);
+        let url = format!("ws://{}/v1/streams/{STREAM}/ws", spec.addr);
         let socket = match tokio_tungstenite::connect_async(url).await {
             Ok((s, _)) => Some(s),
             Err(e) => {
@@ -997,7 +1106,7 @@ mod ws_load {
 /// The markdown table.
 mod report {
     use super::load::Tally;
-    use super::plan::{Plan, Scenario, Target};
+    use super::plan::{Plan, Scenario, Target, AUTH_SUFFIX};
 
     pub struct Row {
         pub scenario: Scenario,
@@ -1057,7 +1166,34 @@ mod report {
             "MB/s counts request body bytes; latencies are of 2xx answers; \
              ÷ columns compare events/s with the ceiling run on the same body."
         );
+        print_auth_costs(rows);
         print_failures(rows);
+    }
+
+    /// Each auth row's req/s as a share of its plain twin's in this run.
+    fn print_auth_costs(rows: &[Row]) {
+        for row in rows {
+            let Some(twin) = row.scenario.name.strip_suffix(AUTH_SUFFIX) else {
+                continue;
+            };
+            let Some(plain) = rows.iter().find(|r| r.scenario.name == twin) else {
+                continue;
+            };
+            if plain.requests_per_sec() <= 0.0 {
+                continue;
+            }
+            let share = row.requests_per_sec() / plain.requests_per_sec();
+            let refused = match row.tally.non_2xx {
+                0 => String::new(),
+                n => format!("; {n} non-2xx, so not a cost measure"),
+            };
+            println!(
+                "- {}: {:.1} % of {twin}'s req/s with auth and rate limits on \
+                 (target ≥ 95 %){refused}",
+                row.scenario.name,
+                share * 100.0,
+            );
+        }
     }
 
     fn print_row(row: &Row, rows: &[Row]) {
@@ -1108,6 +1244,7 @@ mod report {
 mod smoke {
     use http::StatusCode;
 
+    use super::plan::{Scenario, Target};
     use super::report::Row;
 
     pub fn check(rows: &[Row]) {
@@ -1122,13 +1259,40 @@ mod smoke {
                 tally.first_failure.as_deref().unwrap_or("none")
             );
         }
-        for row in rows.iter().filter(|r| r.scenario.name == "durable-1") {
+        for row in rows
+            .iter()
+            .filter(|r| r.scenario.target == Target::AuthGateway)
+        {
+            check_all_2xx(row);
+        }
+        for row in rows.iter().filter(|r| is_durable_post(&r.scenario)) {
             check_durable_answer(row);
         }
         for row in rows.iter().filter(|r| r.scenario.name == "async-1") {
             check_status(row, StatusCode::ACCEPTED);
         }
         println!("load smoke: ok ({} scenarios answered)", rows.len());
+    }
+
+    /// Durable POSTs to either gateway (`durable-1`, `durable-100-auth`, …).
+    fn is_durable_post(s: &Scenario) -> bool {
+        matches!(s.target, Target::Gateway | Target::AuthGateway)
+            && !s.respond_async
+            && !s.websocket
+    }
+
+    /// An auth scenario measures the cost of checks that pass: a 401/403
+    /// (wrong key or config) or 429 (limits too low) makes its row meaningless.
+    fn check_all_2xx(row: &Row) {
+        let tally = &row.tally;
+        assert!(
+            tally.non_2xx == 0,
+            "{}: {} answers were not 2xx, so auth or rate limits refused some \
+             (first failure: {})",
+            row.scenario.name,
+            tally.non_2xx,
+            tally.first_failure.as_deref().unwrap_or("none")
+        );
     }
 
     fn check_status(row: &Row, expected: StatusCode) {

@@ -95,6 +95,13 @@ pub struct StreamConfig {
     pub max_events_per_request: Option<usize>,
     /// Limit on this stream, all keys together.
     pub rate: RateConfig,
+    /// JSON Schema every event must satisfy: a JSON string or a TOML table.
+    pub schema: Option<toml::Value>,
+    /// The schema in a JSON file instead (path relative to the working directory).
+    pub schema_file: Option<String>,
+    /// Write each invalid event to the stream `<name>.dlq` instead of only
+    /// reporting it.
+    pub dead_letter: bool,
 }
 
 /// What a key may do.
@@ -231,6 +238,9 @@ pub struct Limits {
     pub max_depth: usize,
     /// Longest stream name; names use `[A-Za-z0-9._-]`.
     pub max_stream_name_len: usize,
+    /// Invalid events listed in one answer; the rest are only counted
+    /// (`errors_omitted`), so a huge request cannot make a huge error body.
+    pub max_reported_errors: usize,
 }
 
 /// Batching, memory and durability.
@@ -348,6 +358,7 @@ impl Default for Limits {
             max_events_per_request: 10_000,
             max_depth: 32,
             max_stream_name_len: 64,
+            max_reported_errors: 100,
         }
     }
 }
@@ -633,6 +644,19 @@ impl Config {
             return bad(
                 ".max_event_bytes",
                 "must be between 1 and limits.max_decoded_bytes",
+            );
+        }
+        if let Err(m) = crate::validate::Schema::document_of(s)
+            .and_then(|doc| doc.map(crate::validate::Schema::compile).transpose())
+        {
+            return bad(".schema", &m);
+        }
+        if s.dead_letter
+            && !crate::names::valid(&format!("{name}.dlq"), self.limits.max_stream_name_len)
+        {
+            return bad(
+                ".dead_letter",
+                "the dead-letter stream name (<name>.dlq) is longer than limits.max_stream_name_len",
             );
         }
         check_rate(&format!("{at}.rate"), &s.rate)

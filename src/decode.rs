@@ -1,10 +1,11 @@
 //! Request bodies → event byte ranges (one object, an array, NDJSON; gzip, zstd).
 //!
-//! Owns framing and the per-event checks that need no schema: valid JSON, an
-//! object, within the size and depth limits. Each event stays a slice of the
-//! decoded body (`Bytes`), never re-serialised. Invalid events are reported by
-//! index beside the valid ones; only a body that cannot be framed at all fails
-//! as a whole.
+//! Owns framing and the per-event checks: valid JSON, an object, within the
+//! size and depth limits, and (when the stream has one) its schema, run while
+//! framing so each event is handled in one pass. Each event stays a slice of
+//! the decoded body (`Bytes`), never re-serialised. Invalid events are
+//! reported by index, with their bytes, beside the valid ones; only a body
+//! that cannot be framed at all fails as a whole.
 
 use std::io::Read;
 
@@ -12,6 +13,7 @@ use bytes::Bytes;
 use serde_json::value::RawValue;
 
 use crate::config::Limits;
+use crate::validate::{Schema, Violation};
 
 /// How the body frames its events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,6 +63,7 @@ pub enum EventFault {
     NotObject,
     TooLarge,
     TooDeep,
+    SchemaViolation,
 }
 
 impl EventFault {
@@ -71,7 +74,13 @@ impl EventFault {
             EventFault::NotObject => "not-an-object",
             EventFault::TooLarge => "event-too-large",
             EventFault::TooDeep => "event-too-deep",
+            EventFault::SchemaViolation => "schema-violation",
         }
+    }
+
+    /// Is the rejected event valid JSON (so it can be embedded as is)?
+    pub fn is_json(self) -> bool {
+        !matches!(self, EventFault::Malformed | EventFault::TooLarge)
     }
 }
 
@@ -81,6 +90,10 @@ pub struct Rejected {
     pub index: usize,
     pub fault: EventFault,
     pub detail: String,
+    /// Where the event is in the decoded body (for dead letters).
+    pub range: std::ops::Range<usize>,
+    /// For schema violations: the keyword and the two JSON Pointers.
+    pub violation: Option<Box<Violation>>,
 }
 
 /// A framed body: accepted event bytes (in order) and rejections by index.
@@ -162,10 +175,17 @@ fn read_limited(reader: impl Read, name: &'static str, limit: usize) -> Result<B
 }
 
 /// Frame a decoded body into events and per-event rejections.
-pub fn split(body: &Bytes, format: Format, limits: &Limits) -> Result<Decoded, DecodeError> {
+/// Events that pass the framing checks are checked against `schema` too.
+pub fn split(
+    body: &Bytes,
+    format: Format,
+    limits: &Limits,
+    schema: Option<&Schema>,
+) -> Result<Decoded, DecodeError> {
+    let rules = Rules { limits, schema };
     let decoded = match format {
-        Format::Json => split_json(body, limits)?,
-        Format::Ndjson => split_ndjson(body, limits)?,
+        Format::Json => split_json(body, &rules)?,
+        Format::Ndjson => split_ndjson(body, &rules)?,
     };
     let total = decoded.events.len() + decoded.rejected.len();
     if total == 0 {
@@ -179,7 +199,14 @@ pub fn split(body: &Bytes, format: Format, limits: &Limits) -> Result<Decoded, D
     Ok(decoded)
 }
 
-fn split_json(body: &Bytes, limits: &Limits) -> Result<Decoded, DecodeError> {
+/// What every event is checked against.
+struct Rules<'a> {
+    limits: &'a Limits,
+    schema: Option<&'a Schema>,
+}
+
+fn split_json(body: &Bytes, rules: &Rules) -> Result<Decoded, DecodeError> {
+    let limits = rules.limits;
     let trimmed = body.trim_ascii_start();
     let mut out = Decoded::default();
     match trimmed.first() {
@@ -189,13 +216,13 @@ fn split_json(body: &Bytes, limits: &Limits) -> Result<Decoded, DecodeError> {
                 .into_iter()
                 .enumerate()
             {
-                out.check(index, body, slice_of(body, raw.get().as_bytes()), limits);
+                out.check(index, body, slice_of(body, raw.get().as_bytes()), rules);
             }
         }
         Some(_) => {
             let raw: &RawValue =
                 serde_json::from_slice(body).map_err(|e| DecodeError::Malformed(e.to_string()))?;
-            out.check(0, body, slice_of(body, raw.get().as_bytes()), limits);
+            out.check(0, body, slice_of(body, raw.get().as_bytes()), rules);
         }
     }
     Ok(out)
@@ -240,7 +267,8 @@ fn capped_array(body: &[u8], max: usize) -> Result<Vec<&RawValue>, DecodeError> 
     }
 }
 
-fn split_ndjson(body: &Bytes, limits: &Limits) -> Result<Decoded, DecodeError> {
+fn split_ndjson(body: &Bytes, rules: &Rules) -> Result<Decoded, DecodeError> {
+    let limits = rules.limits;
     let mut out = Decoded::default();
     let mut index = 0;
     for line in body.split(|&b| b == b'\n') {
@@ -255,11 +283,11 @@ fn split_ndjson(body: &Bytes, limits: &Limits) -> Result<Decoded, DecodeError> {
         }
         let range = slice_of(body, line);
         if line.len() > limits.max_event_bytes {
-            out.reject(index, EventFault::TooLarge, too_large(limits));
+            out.reject(index, range, EventFault::TooLarge, too_large(limits));
         } else {
             match serde_json::from_slice::<&RawValue>(line) {
-                Ok(_) => out.check(index, body, range, limits),
-                Err(e) => out.reject(index, EventFault::Malformed, e.to_string()),
+                Ok(_) => out.check(index, body, range, rules),
+                Err(e) => out.reject(index, range, EventFault::Malformed, e.to_string()),
             }
         }
         index += 1;
@@ -281,32 +309,36 @@ fn slice_of(whole: &[u8], part: &[u8]) -> std::ops::Range<usize> {
 }
 
 impl Decoded {
-    fn reject(&mut self, index: usize, fault: EventFault, detail: String) {
+    fn reject(
+        &mut self,
+        index: usize,
+        range: std::ops::Range<usize>,
+        fault: EventFault,
+        detail: String,
+    ) {
         self.rejected.push(Rejected {
             index,
             fault,
             detail,
+            range,
+            violation: None,
         });
     }
 
     /// Checks of an event that is already known to be valid JSON.
-    fn check(
-        &mut self,
-        index: usize,
-        body: &Bytes,
-        range: std::ops::Range<usize>,
-        limits: &Limits,
-    ) {
+    fn check(&mut self, index: usize, body: &Bytes, range: std::ops::Range<usize>, rules: &Rules) {
+        let limits = rules.limits;
         let bytes = &body[range.clone()];
         if bytes.first() != Some(&b'{') {
             return self.reject(
                 index,
+                range,
                 EventFault::NotObject,
                 "event must be a JSON object".into(),
             );
         }
         if bytes.len() > limits.max_event_bytes {
-            return self.reject(index, EventFault::TooLarge, too_large(limits));
+            return self.reject(index, range, EventFault::TooLarge, too_large(limits));
         }
         let scan = scan(bytes, limits.max_depth);
         if scan.depth > limits.max_depth {
@@ -314,7 +346,14 @@ impl Decoded {
                 "event nests more than {} levels deep (limits.max_depth)",
                 limits.max_depth
             );
-            return self.reject(index, EventFault::TooDeep, detail);
+            return self.reject(index, range, EventFault::TooDeep, detail);
+        }
+        if let Some(Err(v)) = rules.schema.map(|s| s.check(bytes)) {
+            self.reject(index, range, EventFault::SchemaViolation, v.detail.clone());
+            if let Some(last) = self.rejected.last_mut() {
+                last.violation = Some(Box::new(v));
+            }
+            return;
         }
         let event = body.slice(range);
         self.events.push(if scan.has_newline {
@@ -382,7 +421,7 @@ fn exact_depth(bytes: &[u8]) -> usize {
 /// A pretty-printed event made one line: newlines outside strings are
 /// whitespace, so turning them into spaces keeps the event's meaning and
 /// keeps the segment one event per line.
-fn one_line(event: &[u8]) -> Bytes {
+pub(crate) fn one_line(event: &[u8]) -> Bytes {
     event
         .iter()
         .map(|&b| if b == b'\n' || b == b'\r' { b' ' } else { b })
@@ -408,7 +447,7 @@ mod tests {
     #[test]
     fn array_keeps_bytes_and_reports_non_objects_by_index() {
         let body = Bytes::from_static(br#"[ {"a": 1.50} , 7, {"b":"x"} ]"#);
-        let d = split(&body, Format::Json, &limits()).unwrap();
+        let d = split(&body, Format::Json, &limits(), None).unwrap();
         assert_eq!(texts(&d), vec![r#"{"a": 1.50}"#, r#"{"b":"x"}"#]);
         assert_eq!(d.rejected[0].index, 1);
         assert_eq!(d.rejected[0].fault, EventFault::NotObject);
@@ -417,7 +456,7 @@ mod tests {
     #[test]
     fn ndjson_reports_malformed_lines_and_keeps_the_rest() {
         let body = Bytes::from_static(b"{\"a\":1}\r\n{oops\n\n{\"c\":3}\n");
-        let d = split(&body, Format::Ndjson, &limits()).unwrap();
+        let d = split(&body, Format::Ndjson, &limits(), None).unwrap();
         assert_eq!(texts(&d), vec![r#"{"a":1}"#, r#"{"c":3}"#]);
         assert_eq!(d.rejected[0].index, 1);
         assert_eq!(d.rejected[0].fault, EventFault::Malformed);
@@ -434,13 +473,13 @@ mod tests {
         let body = Bytes::from_static(
             br#"[{"a":{"b":{"c":{}}}},{"s":"[[[[[[[[[["},{"long":"xxxxxxxxxxxxxxxxxxxx"}]"#,
         );
-        let err = split(&body, Format::Json, &l).unwrap_err();
+        let err = split(&body, Format::Json, &l, None).unwrap_err();
         assert!(matches!(err, DecodeError::TooManyEvents { limit: 2 }));
         let l = Limits {
             max_events_per_request: 10,
             ..l
         };
-        let d = split(&body, Format::Json, &l).unwrap();
+        let d = split(&body, Format::Json, &l, None).unwrap();
         let faults: Vec<_> = d.rejected.iter().map(|r| (r.index, r.fault)).collect();
         assert_eq!(
             faults,
@@ -452,7 +491,7 @@ mod tests {
     #[test]
     fn pretty_printed_events_become_one_line() {
         let body = Bytes::from_static(b"[{\n  \"a\": \"x\\ny\"\n}]");
-        let d = split(&body, Format::Json, &limits()).unwrap();
+        let d = split(&body, Format::Json, &limits(), None).unwrap();
         assert_eq!(texts(&d), vec!["{   \"a\": \"x\\ny\" }"]);
     }
 
@@ -461,11 +500,11 @@ mod tests {
         let l = limits();
         let bad = Bytes::from_static(b"[{\"a\":1},");
         assert!(matches!(
-            split(&bad, Format::Json, &l),
+            split(&bad, Format::Json, &l, None),
             Err(DecodeError::Malformed(_))
         ));
         assert!(matches!(
-            split(&Bytes::new(), Format::Json, &l),
+            split(&Bytes::new(), Format::Json, &l, None),
             Err(DecodeError::Empty)
         ));
         assert!(matches!(

@@ -22,6 +22,14 @@ pub struct EventError {
     #[serde(rename = "type")]
     pub kind: &'static str,
     pub detail: String,
+    /// Schema violations: the failing keyword and where, in the event and
+    /// in the schema (JSON Pointers).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keyword: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instance_path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schema_path: Option<String>,
 }
 
 /// An error response.
@@ -36,6 +44,8 @@ pub struct Problem {
     pub errors: Vec<EventError>,
     /// Errors left out of `errors` by the cap.
     pub errors_omitted: usize,
+    /// Invalid events written to the dead-letter stream (422).
+    pub dead_lettered: usize,
     /// Extra response headers (`RateLimit`, `WWW-Authenticate`); boxed, as
     /// most problems have none.
     pub headers: Option<Box<http::HeaderMap>>,
@@ -52,6 +62,8 @@ struct Wire<'a> {
     errors: &'a [EventError],
     #[serde(skip_serializing_if = "is_zero")]
     errors_omitted: usize,
+    #[serde(skip_serializing_if = "is_zero")]
+    dead_lettered: usize,
 }
 
 fn is_zero(n: &usize) -> bool {
@@ -73,6 +85,7 @@ impl Problem {
             retry_after: None,
             errors: Vec::new(),
             errors_omitted: 0,
+            dead_lettered: 0,
             headers: None,
         }
     }
@@ -126,6 +139,7 @@ impl Problem {
             detail: &self.detail,
             errors: &self.errors,
             errors_omitted: self.errors_omitted,
+            dead_lettered: self.dead_lettered,
         }
     }
 

@@ -6,6 +6,7 @@
 //! - [`limit`]: rate limits per key, stream and tenant (events/s, bytes/s).
 //! - [`ingest`]: the `POST …/events` flow and its responses.
 //! - [`decode`]: bodies → event byte ranges (object, array, NDJSON; gzip, zstd).
+//! - [`validate`]: a stream's JSON Schema, compiled once, checked per event.
 //! - [`batch`]: per-stream buffers, flush triggers, the memory budget.
 //! - [`log`]: segments and commit records in the bucket; append, heads, reads.
 //! - [`read`]: tailers, the segment cache, long-poll and Server-Sent Events.
@@ -14,7 +15,8 @@
 //! Beside the path: [`config`] (settings), [`tenants`] (each tenant's
 //! streams and their settings), [`error`] (problem+json),
 //! [`metrics`] (the Prometheus recorder), [`names`] (safe key names),
-//! [`faults`] (a fault-injecting store for tests).
+//! [`faults`] (a fault-injecting store for tests), and the command-line
+//! clients [`tail`] and [`replay`] (dead letters back into their stream).
 
 pub mod auth;
 pub mod batch;
@@ -29,7 +31,9 @@ pub mod log;
 pub mod metrics;
 pub mod names;
 pub mod read;
+pub mod replay;
 pub mod server;
 pub mod store;
 pub mod tail;
 pub mod tenants;
+pub mod validate;

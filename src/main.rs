@@ -1,4 +1,4 @@
-//! The `sluice` command line: `serve`, `check-config`, `keygen` and `tail`.
+//! The `sluice` command line: `serve`, `check-config`, `keygen`, `tail`, `replay`.
 
 use std::path::PathBuf;
 
@@ -49,6 +49,28 @@ enum Command {
         #[arg(long)]
         origins: Option<String>,
     },
+    /// Re-post dead letters (`STREAM.dlq`) through validation into their
+    /// stream. Exit 0 when every one was accepted, 3 when some still fail
+    /// (they stay in the DLQ; their offsets are printed), 1 on errors.
+    Replay {
+        /// The dead-letter stream, e.g. clicks.dlq.
+        dlq: String,
+        /// The stream to re-post into, e.g. clicks.
+        #[arg(long)]
+        into: String,
+        /// First DLQ offset to replay.
+        #[arg(long, default_value_t = 0)]
+        from_offset: u64,
+        /// Offset after the last one to replay (default: the DLQ's head now).
+        #[arg(long)]
+        to_offset: Option<u64>,
+        /// Gateway to read from and post to.
+        #[arg(long, env = "SLUICE_URL", default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// API key with read scope on the DLQ and write scope on the stream.
+        #[arg(long, env = "SLUICE_KEY", hide_env_values = true)]
+        key: Option<String>,
+    },
     /// Print a stream's events as NDJSON as they are committed (Ctrl-C stops).
     Tail {
         /// Stream to follow.
@@ -82,7 +104,10 @@ fn main() -> anyhow::Result<()> {
     // `tail` owns stdout and keeps stderr for warnings and errors.
     let default_level = match cli.command {
         Command::Serve { .. } => "info",
-        Command::Tail { .. } | Command::CheckConfig { .. } | Command::Keygen { .. } => "warn",
+        Command::Tail { .. }
+        | Command::CheckConfig { .. }
+        | Command::Keygen { .. }
+        | Command::Replay { .. } => "warn",
     };
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -113,6 +138,24 @@ fn main() -> anyhow::Result<()> {
             streams,
             origins,
         } => keygen(id, &tenant, &scopes, &streams, origins.as_deref()),
+        Command::Replay {
+            dlq,
+            into,
+            from_offset,
+            to_offset,
+            url,
+            key,
+        } => {
+            let opts = sluice::replay::ReplayOptions {
+                from_stream: dlq,
+                into,
+                url,
+                key,
+                from_offset,
+                to_offset,
+            };
+            runtime.block_on(replay(opts))
+        }
         Command::Tail {
             stream,
             url,
@@ -178,6 +221,30 @@ fn keygen(
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
         _ => Ok(()),
     }
+}
+
+async fn replay(opts: sluice::replay::ReplayOptions) -> anyhow::Result<()> {
+    let report = sluice::replay::run(&opts).await?;
+    for s in &report.still_invalid {
+        eprintln!(
+            "{} offset {}: still invalid: {}",
+            opts.from_stream, s.offset, s.reason
+        );
+    }
+    let total = report.replayed + report.still_invalid.len();
+    println!(
+        "replayed {} of {total} dead letters ({} offsets {}..{}) into {}; {} still invalid",
+        report.replayed,
+        opts.from_stream,
+        report.from_offset,
+        report.to_offset,
+        opts.into,
+        report.still_invalid.len()
+    );
+    if !report.still_invalid.is_empty() {
+        std::process::exit(3);
+    }
+    Ok(())
 }
 
 async fn tail(opts: TailOptions) -> anyhow::Result<()> {

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use crate::config::{BatchConfig, Config, Limits, RateConfig, StreamConfig, TenantConfig};
 use crate::limit::Limiter;
+use crate::validate::Schema;
 
 /// The settings one stream runs with.
 #[derive(Debug)]
@@ -21,6 +22,14 @@ pub struct StreamSettings {
     pub declared: bool,
     /// The stream-wide rate limit (all keys together), if any.
     pub limiter: Option<Limiter>,
+    /// The compiled schema events must satisfy, if declared.
+    pub schema: Option<Arc<Schema>>,
+    /// Set when the declared schema did not compile at build time (config
+    /// validation normally stops that first): writes are refused, never
+    /// let through unchecked.
+    pub schema_error: Option<String>,
+    /// Invalid events go to `<name>.dlq`.
+    pub dead_letter: bool,
 }
 
 /// One tenant: its streams and its limits.
@@ -48,14 +57,16 @@ pub enum StreamError {
 
 impl Tenant {
     fn new(name: &str, cfg: &TenantConfig, config: &Config) -> Tenant {
-        let declared = cfg
-            .streams
-            .iter()
-            .map(|(stream, s)| {
-                let at = format!("tenants.{name}.streams.{stream}.rate");
-                (stream.clone(), Arc::new(settings(config, Some(s), &at)))
-            })
-            .collect();
+        let mut declared: HashMap<String, Arc<StreamSettings>> = HashMap::new();
+        for (stream, s) in &cfg.streams {
+            let at = format!("tenants.{name}.streams.{stream}.rate");
+            declared.insert(stream.clone(), Arc::new(settings(config, Some(s), &at)));
+            if s.dead_letter {
+                declared
+                    .entry(format!("{stream}.dlq"))
+                    .or_insert_with(|| Arc::new(dead_letters(config)));
+            }
+        }
         Tenant {
             name: name.to_string(),
             auto_create: cfg.auto_create.unwrap_or(config.streams.auto_create),
@@ -100,8 +111,16 @@ fn settings(config: &Config, s: Option<&StreamConfig>, rate_key: &str) -> Stream
             limits,
             declared: false,
             limiter: None,
+            schema: None,
+            schema_error: None,
+            dead_letter: false,
         };
     };
+    let (schema, schema_error) =
+        match Schema::document_of(s).and_then(|doc| doc.map(Schema::compile).transpose()) {
+            Ok(schema) => (schema.map(Arc::new), None),
+            Err(e) => (None, Some(e)),
+        };
     batch.max_bytes = s.max_bytes.unwrap_or(batch.max_bytes);
     batch.max_events = s.max_events.unwrap_or(batch.max_events);
     batch.max_age_ms = s.max_age_ms.unwrap_or(batch.max_age_ms);
@@ -115,6 +134,19 @@ fn settings(config: &Config, s: Option<&StreamConfig>, rate_key: &str) -> Stream
         limits,
         declared: true,
         limiter: Limiter::new(&s.rate, "stream", rate_key.to_string()),
+        schema,
+        schema_error,
+        dead_letter: s.dead_letter,
+    }
+}
+
+/// A dead-letter stream: one partition, so its offsets are one sequence
+/// (`sluice replay --from-offset`), no schema, never dead-lettered itself.
+fn dead_letters(config: &Config) -> StreamSettings {
+    StreamSettings {
+        partitions: 1,
+        declared: true,
+        ..settings(config, None, "")
     }
 }
 

@@ -31,25 +31,18 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::gateway::{event_of, memory, test_config, TestGateway};
+use common::chromium::{Chromium, PageServer, Reports};
+use common::gateway::{event_of, memory, request_counts, test_config, RequestCounts, TestGateway};
 use serde_json::{json, Value};
 use sluice::auth::keys;
 use sluice::config::{KeyConfig, Scope, TenantConfig};
 use sluice::log::retry::RetryPolicy;
 use sluice::log::Log;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-const CHROMIUM: &str = "/usr/bin/chromium";
 const TENANT: &str = "acme";
 /// Partitions per stream (the tests' reads cover all of them).
 const PARTITIONS: u32 = 1;
@@ -92,180 +85,23 @@ window.onunhandledrejection = (e) => report("error", {{ rejection: String(e.reas
     )
 }
 
-/// One report from the page: the path without `/`, and the JSON body.
-type Report = (String, Value);
-
-/// One page origin: serves `html` at `/` and forwards the page's reports.
-/// Every answer closes its connection.
-async fn serve_page(listener: TcpListener, html: String, reports: mpsc::UnboundedSender<Report>) {
-    while let Ok((conn, _)) = listener.accept().await {
-        tokio::spawn(handle(conn, html.clone(), reports.clone()));
-    }
-}
-
-/// Read one request head and its `Content-Length` body: method, path, body.
-async fn read_request(conn: &mut TcpStream) -> Option<(String, String, Vec<u8>)> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    let head_end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        let n = conn.read(&mut chunk).await.ok()?;
-        if n == 0 || buf.len() > 64 * 1024 {
-            return None;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-    let mut words = head.split_whitespace();
-    let (method, path) = (words.next()?.to_string(), words.next()?.to_string());
-    let length = head
-        .lines()
-        .filter_map(|l| l.split_once(':'))
-        .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
-        .and_then(|(_, v)| v.trim().parse::<usize>().ok())
-        .unwrap_or(0);
-    while buf.len() < head_end + length {
-        let n = conn.read(&mut chunk).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    Some((method, path, buf[head_end..head_end + length].to_vec()))
-}
-
-async fn handle(mut conn: TcpStream, html: String, reports: mpsc::UnboundedSender<Report>) {
-    let Some((method, path, body)) = read_request(&mut conn).await else {
-        return;
-    };
-    let answer = match (method.as_str(), path.as_str()) {
-        ("GET", "/") => format!(
-            "HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\n\
-             Cache-Control: no-store\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{html}",
-            html.len()
-        ),
-        ("POST", p) => {
-            let value = serde_json::from_slice(&body)
-                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()));
-            let _ = reports.send((p.trim_start_matches('/').to_string(), value));
-            "HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n".to_string()
-        }
-        _ => "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_string(),
-    };
-    let _ = conn.write_all(answer.as_bytes()).await;
-    let _ = conn.shutdown().await;
-}
-
-/// Headless Chromium on a fresh profile, in its own process group; the whole
-/// group is killed on drop (renderers included), pass or fail.
-struct Chromium {
-    child: Child,
-    log: PathBuf,
-    _profile: tempfile::TempDir,
-}
-
-impl Chromium {
-    fn open(url: &str) -> Chromium {
-        assert!(
-            Path::new(CHROMIUM).exists(),
-            "{CHROMIUM} is missing: this test needs a real browser; install it with \
-             `apt-get install -y chromium` (tests/run.sh does)"
-        );
-        let profile = tempfile::tempdir().unwrap();
-        let log = profile.path().join("chromium.log");
-        let out = std::fs::File::create(&log).unwrap();
-        let child = Command::new(CHROMIUM)
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-dev-shm-usage",
-                "--disable-quic",
-                "--no-first-run",
-                "--no-default-browser-check",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--disable-extensions",
-                "--password-store=basic",
-            ])
-            .arg(format!("--user-data-dir={}", profile.path().display()))
-            .arg(url)
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .process_group(0)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {CHROMIUM}: {e}"));
-        Chromium {
-            child,
-            log,
-            _profile: profile,
-        }
-    }
-
-    /// The end of Chromium's output, for failure messages.
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        // Without a D-Bus (containers, CI) Chromium logs this on every start.
-        let lines: Vec<&str> = text.lines().filter(|l| !l.contains("dbus/")).collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
-    }
-
-    /// Panic (with Chromium's output) if the browser has exited.
-    fn check_running(&mut self, waiting_for: &str) {
-        if let Ok(Some(status)) = self.child.try_wait() {
-            panic!(
-                "Chromium exited ({status}) while waiting for {waiting_for}; its output:\n{}",
-                self.log_tail()
-            );
-        }
-    }
-}
-
-impl Drop for Chromium {
-    fn drop(&mut self) {
-        // The group id is the child's pid (`process_group(0)`).
-        let _ = Command::new("sh")
-            .args([
-                "-c",
-                "kill -s KILL -- -\"$0\"",
-                &self.child.id().to_string(),
-            ])
-            .status();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The page's `/result`, failing on the deadline, on Chromium exiting and on
-/// an `error` report. Checks every 250 ms.
+/// The page's `/result`: any other report fails, as does whatever
+/// [`Reports::next`] fails on (the deadline, Chromium exiting, an `error`).
 async fn page_result(
-    reports: &mut mpsc::UnboundedReceiver<Report>,
+    reports: &mut Reports,
     chromium: &mut Chromium,
     deadline: Instant,
     page: &str,
 ) -> Value {
     let waiting_for = format!("the result of {page}");
-    loop {
-        match tokio::time::timeout(Duration::from_millis(250), reports.recv()).await {
-            Ok(Some((what, body))) if what == "result" => return body,
-            Ok(Some((what, body))) => panic!(
-                "{page} reported {what:?}: {body}; Chromium's output:\n{}",
-                chromium.log_tail()
-            ),
-            Ok(None) => panic!("the page server of {page} stopped"),
-            Err(_) => {}
-        }
-        chromium.check_running(&waiting_for);
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {waiting_for}; Chromium's output:\n{}",
-            chromium.log_tail()
-        );
-    }
+    let (what, body) = reports.next(chromium, deadline, &waiting_for).await;
+    assert_eq!(
+        what,
+        "result",
+        "{page} reported {what:?}: {body}; Chromium's output:\n{}",
+        chromium.log_tail()
+    );
+    body
 }
 
 /// A key of tenant acme for every stream.
@@ -281,13 +117,10 @@ fn key(id: &str, secret: &str, scopes: Vec<Scope>, origins: Vec<String>) -> KeyC
     }
 }
 
-/// `sluice_http_requests_total` by `(route, status)`.
-type Counts = BTreeMap<(String, String), u64>;
-
 /// Requests counted for `route` and `status` since `base`.
-fn delta(now: &Counts, base: &Counts, route: &str, status: &str) -> u64 {
+fn delta(now: &RequestCounts, base: &RequestCounts, route: &str, status: &str) -> u64 {
     let key = (route.to_string(), status.to_string());
-    let get = |c: &Counts| c.get(&key).copied().unwrap_or(0);
+    let get = |c: &RequestCounts| c.get(&key).copied().unwrap_or(0);
     get(now) - get(base)
 }
 
@@ -315,7 +148,7 @@ impl Harness {
     }
 
     /// The request counters, from `/metrics`.
-    async fn counts(&self) -> Counts {
+    async fn counts(&self) -> RequestCounts {
         let resp = self
             .client
             .get(self.gw.url("/metrics"))
@@ -324,18 +157,7 @@ impl Harness {
             .await
             .unwrap();
         assert_eq!(resp.status().as_u16(), 200, "/metrics with the metrics key");
-        let text = resp.text().await.unwrap();
-        let label = |line: &str, name: &str| {
-            let start = line.find(&format!("{name}=\""))? + name.len() + 2;
-            Some(line[start..].split('"').next()?.to_string())
-        };
-        text.lines()
-            .filter(|l| l.starts_with("sluice_http_requests_total{"))
-            .filter_map(|l| {
-                let count = l.rsplit(' ').next()?.parse::<f64>().ok()? as u64;
-                Some(((label(l, "route")?, label(l, "status")?), count))
-            })
-            .collect()
+        request_counts(&resp.text().await.unwrap())
     }
 
     /// Poll the counters (bounded) until `done`: a request is counted after
@@ -344,8 +166,8 @@ impl Harness {
         &self,
         chromium: &mut Chromium,
         what: &str,
-        done: impl Fn(&Counts) -> bool,
-    ) -> Counts {
+        done: impl Fn(&RequestCounts) -> bool,
+    ) -> RequestCounts {
         loop {
             let counts = self.counts().await;
             if done(&counts) {
@@ -363,20 +185,6 @@ impl Harness {
     }
 }
 
-/// A page origin on a fresh `127.0.0.1` port: its listener and its origin.
-async fn bind_origin() -> (TcpListener, String) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let origin = format!("http://{}", listener.local_addr().unwrap());
-    (listener, origin)
-}
-
-/// Serve `html` on `listener`; the page's reports come out of the receiver.
-fn spawn_page(listener: TcpListener, html: &str) -> mpsc::UnboundedReceiver<Report> {
-    let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(serve_page(listener, html.to_string(), tx));
-    rx
-}
-
 const BEACON: &str = r#"{"kind":"beacon","n":1}"#;
 const CLICK: &str = r#"{"kind":"fetch"}"#;
 
@@ -385,9 +193,9 @@ const CLICK: &str = r#"{"kind":"fetch"}"#;
 async fn allowed_origin_commits(
     h: &Harness,
     origin: &str,
-    reports: &mut mpsc::UnboundedReceiver<Report>,
-    base: &Counts,
-) -> Counts {
+    reports: &mut Reports,
+    base: &RequestCounts,
+) -> RequestCounts {
     let mut chromium = Chromium::open(&format!("{origin}/"));
     let result = page_result(reports, &mut chromium, h.deadline, "page A").await;
     assert_eq!(result["beacon"], true, "sendBeacon queued it: {result}");
@@ -423,8 +231,8 @@ async fn allowed_origin_commits(
 async fn other_origin_is_refused(
     h: &Harness,
     origin: &str,
-    reports: &mut mpsc::UnboundedReceiver<Report>,
-    base: &Counts,
+    reports: &mut Reports,
+    base: &RequestCounts,
 ) {
     let mut chromium = Chromium::open(&format!("{origin}/"));
     let result = page_result(reports, &mut chromium, h.deadline, "page B").await;
@@ -453,8 +261,9 @@ async fn chromium_writes_cross_origin_only_from_allowed_origins() {
     let deadline = Instant::now() + Duration::from_secs(50);
     // The page needs the gateway's address and the key, the key's config the
     // page's origin: bind the page servers first, give them the page after.
-    let (listener_a, origin_a) = bind_origin().await;
-    let (listener_b, origin_b) = bind_origin().await;
+    let server_a = PageServer::bind().await;
+    let server_b = PageServer::bind().await;
+    let (origin_a, origin_b) = (server_a.origin().to_string(), server_b.origin().to_string());
     let web_key = keys::generate().unwrap();
     let metrics_key = keys::generate().unwrap();
     let mut config = test_config();
@@ -467,8 +276,8 @@ async fn chromium_writes_cross_origin_only_from_allowed_origins() {
     ];
     let gw = TestGateway::start(config, memory()).await;
     let html = page_html(gw.addr, &web_key);
-    let mut reports_a = spawn_page(listener_a, &html);
-    let mut reports_b = spawn_page(listener_b, &html);
+    let mut reports_a = server_a.serve(html.clone());
+    let mut reports_b = server_b.serve(html);
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()

@@ -6,6 +6,7 @@
 //! buffering in `batch`, error wire format in `error`, the WebSocket
 //! connection in `ws`.
 
+pub mod dlq;
 pub mod ws;
 
 use std::sync::Arc;
@@ -27,9 +28,6 @@ use crate::log::segment::ReceivedAt;
 use crate::server::App;
 use crate::tenants::StreamSettings;
 
-/// Per-event errors listed in one response; the rest are counted.
-pub const MAX_REPORTED_ERRORS: usize = 100;
-
 /// What happened to one batch of events (a request or a frame).
 #[derive(Debug, Serialize)]
 pub struct Accepted {
@@ -42,6 +40,9 @@ pub struct Accepted {
     pub errors: Vec<EventError>,
     #[serde(skip_serializing_if = "is_zero")]
     pub errors_omitted: usize,
+    /// Invalid events written to `<stream>.dlq`.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub dead_lettered: usize,
     /// Where the caller stands against its rate limits (response headers).
     #[serde(skip)]
     pub rate: Option<RateState>,
@@ -53,6 +54,9 @@ pub struct Target<'a> {
     pub grant: &'a Grant,
     pub stream: &'a str,
     pub settings: &'a Arc<StreamSettings>,
+    /// Write invalid events to `<stream>.dlq` (the stream's `dead_letter`,
+    /// unless the request says `?dead_letter=false`, as `sluice replay` does).
+    pub dead_letter: bool,
 }
 
 impl Target<'_> {
@@ -80,6 +84,7 @@ pub async fn handle(
         grant,
         stream,
         settings: &settings,
+        dead_letter: settings.dead_letter && !query_has(&req, "dead_letter=false"),
     };
     let durable = !wants_async(&req);
     let format = Format::from_content_type(header_str(req.headers(), header::CONTENT_TYPE))?;
@@ -99,7 +104,8 @@ pub async fn handle(
 }
 
 /// Decode, validate and submit one batch of events; with `durable`, wait for
-/// the commit (one deadline, `batch.ack_timeout_ms`, covers queueing and commit).
+/// the commit (one deadline, `batch.ack_timeout_ms`, covers queueing and
+/// commit of the events and of their dead letters).
 pub async fn ingest_bytes(
     app: &Arc<App>,
     target: Target<'_>,
@@ -109,25 +115,54 @@ pub async fn ingest_bytes(
     durable: bool,
 ) -> Result<Accepted, Problem> {
     let at = ReceivedAt::now();
-    let limits = &target.settings.limits;
+    let settings = target.settings;
+    if let Some(e) = &settings.schema_error {
+        return Err(internal(format!("the stream's schema is unusable: {e}")));
+    }
+    let limits = &settings.limits;
     let raw = decode::decompress(body, encoding, limits.max_decoded_bytes)?;
-    let decoded = decode::split(&raw, format, limits)?;
+    let decoded = decode::split(&raw, format, limits, settings.schema.as_deref())?;
     let (accepted, rejected) = (decoded.events.len(), decoded.rejected.len());
     let dest = target.dest();
-    let limiters = target.grant.limiters(target.settings);
-    let rate =
-        crate::limit::check(&limiters, accepted + rejected, raw.len()).inspect_err(|_| {
-            app.batcher.count(
-                dest.tenant,
-                dest.stream,
-                "rate_limited",
-                accepted + rejected,
-            )
-        })?;
-    let (errors, omitted) = report(&decoded);
-    if rejected > 0 {
-        app.batcher
-            .count(dest.tenant, dest.stream, "invalid", rejected);
+    let limiters = target.grant.limiters(settings);
+    let count = |outcome, n| app.batcher.count(dest.tenant, dest.stream, outcome, n);
+    let rate = crate::limit::check(&limiters, accepted + rejected, raw.len())
+        .inspect_err(|_| count("rate_limited", accepted + rejected))?;
+    let (errors, omitted) = report(&decoded, limits.max_reported_errors);
+    let letters = match target.dead_letter && rejected > 0 {
+        true => dlq::records(
+            target.stream,
+            target.grant.key_id(),
+            &raw,
+            &decoded.rejected,
+        ),
+        false => Vec::new(),
+    };
+    let dead_lettered = letters.len();
+    if rejected > dead_lettered {
+        count("invalid", rejected - dead_lettered);
+    }
+    let deadline = tokio::time::Instant::now() + app.config.batch.ack_timeout();
+    let wait = app.config.batch.ack_timeout();
+    let events_rx = match accepted {
+        0 => None,
+        _ => {
+            app.batcher
+                .submit(dest, decoded.events, raw.len(), at, durable, wait)
+                .await?
+        }
+    };
+    let letters_rx = submit_letters(app, &target, letters, at, durable, wait).await?;
+    drop(raw);
+    let ack = match events_rx {
+        None => None,
+        Some(rx) => Some(wait_for_ack(app, rx, deadline).await?),
+    };
+    if let Some(rx) = letters_rx {
+        wait_for_ack(app, rx, deadline).await?;
+    }
+    if dead_lettered > 0 {
+        count("dead_lettered", dead_lettered);
     }
     if accepted == 0 {
         let mut p = Problem::new(
@@ -136,20 +171,9 @@ pub async fn ingest_bytes(
             "Every event is invalid",
             format!("all {rejected} events were rejected; see errors"),
         );
-        (p.errors, p.errors_omitted) = (errors, omitted);
+        (p.errors, p.errors_omitted, p.dead_lettered) = (errors, omitted, dead_lettered);
         return Err(p);
     }
-    let deadline = tokio::time::Instant::now() + app.config.batch.ack_timeout();
-    let wait = app.config.batch.ack_timeout();
-    let rx = app
-        .batcher
-        .submit(dest, decoded.events, raw.len(), at, durable, wait)
-        .await?;
-    drop(raw);
-    let ack = match rx {
-        None => None,
-        Some(rx) => Some(wait_for_ack(app, rx, deadline).await?),
-    };
     Ok(Accepted {
         accepted,
         rejected,
@@ -157,8 +181,53 @@ pub async fn ingest_bytes(
         first_offset: ack.map(|a| a.first_offset),
         errors,
         errors_omitted: omitted,
+        dead_lettered,
         rate,
     })
+}
+
+/// Queue dead letters on `<stream>.dlq` (nothing when there are none).
+async fn submit_letters(
+    app: &Arc<App>,
+    target: &Target<'_>,
+    letters: Vec<Bytes>,
+    at: ReceivedAt,
+    durable: bool,
+    wait: std::time::Duration,
+) -> Result<Option<crate::batch::AckReceiver>, Problem> {
+    if letters.is_empty() {
+        return Ok(None);
+    }
+    let name = dlq::stream_name(target.stream);
+    let settings = target.grant.stream(&name)?;
+    let dest = Dest {
+        tenant: &target.grant.tenant.name,
+        stream: &name,
+        settings: &settings,
+    };
+    let held = letters.iter().map(Bytes::len).sum();
+    Ok(app
+        .batcher
+        .submit(dest, letters, held, at, durable, wait)
+        .await?)
+}
+
+fn internal(detail: String) -> Problem {
+    Problem::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        "Internal error",
+        detail,
+    )
+}
+
+/// Does the query string hold exactly `pair` (`name=value`)?
+fn query_has<B>(req: &Request<B>, pair: &str) -> bool {
+    req.uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .any(|kv| kv == pair)
 }
 
 fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
@@ -219,18 +288,25 @@ async fn read_body(app: &App, req: Request<Incoming>) -> Result<Bytes, Problem> 
     }
 }
 
-fn report(decoded: &Decoded) -> (Vec<EventError>, usize) {
+/// The first `max` rejections as the client sees them, and how many more.
+fn report(decoded: &Decoded, max: usize) -> (Vec<EventError>, usize) {
     let errors = decoded
         .rejected
         .iter()
-        .take(MAX_REPORTED_ERRORS)
-        .map(|r| EventError {
-            index: r.index,
-            kind: r.fault.type_name(),
-            detail: r.detail.clone(),
+        .take(max)
+        .map(|r| {
+            let v = r.violation.as_deref();
+            EventError {
+                index: r.index,
+                kind: r.fault.type_name(),
+                detail: r.detail.clone(),
+                keyword: v.map(|v| v.keyword.clone()),
+                instance_path: v.map(|v| v.instance_path.clone()),
+                schema_path: v.map(|v| v.schema_path.clone()),
+            }
         })
         .collect();
-    let omitted = decoded.rejected.len().saturating_sub(MAX_REPORTED_ERRORS);
+    let omitted = decoded.rejected.len().saturating_sub(max);
     (errors, omitted)
 }
 
@@ -242,12 +318,7 @@ async fn wait_for_ack(
     let limit = app.config.batch.ack_timeout();
     match tokio::time::timeout_at(deadline, rx).await {
         Ok(Ok(Ok(ack))) => Ok(ack),
-        Ok(Ok(Err(e))) => Err(Problem::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "Internal error",
-            e.to_string(),
-        )),
+        Ok(Ok(Err(e))) => Err(internal(e.to_string())),
         Ok(Err(_)) => Err(Problem::unavailable(
             "store-unavailable",
             "the commit was abandoned; retry the request",

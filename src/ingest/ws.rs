@@ -87,6 +87,7 @@ impl Owned {
             grant: &self.grant,
             stream: &self.stream,
             settings: &self.settings,
+            dead_letter: self.settings.dead_letter,
         }
     }
 }

@@ -496,7 +496,9 @@ pub async fn describe(
         StatusCode::OK,
         &serde_json::json!({
             "name": stream, "created_at": created, "declared": settings.declared,
-            "schema": null, "partitions": partitions,
+            "schema": settings.schema.as_ref().map(|s| &s.document),
+            "dead_letter": settings.dead_letter.then(|| crate::ingest::dlq::stream_name(stream)),
+            "partitions": partitions,
         }),
     ))
 }

@@ -1,5 +1,6 @@
 //! An in-process gateway on 127.0.0.1:0 over a chosen store, and log readers.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use bytes::Bytes;
@@ -109,4 +110,24 @@ pub async fn wait_for_metric(gw: &TestGateway, client: &reqwest::Client, needle:
         tokio::task::yield_now().await;
     }
     panic!("{what}");
+}
+
+/// `sluice_http_requests_total` by `(route, status)`.
+pub type RequestCounts = BTreeMap<(String, String), u64>;
+
+/// The `sluice_http_requests_total` counters in a `/metrics` text. They are
+/// process-wide: compare two readings rather than reading one.
+pub fn request_counts(metrics: &str) -> RequestCounts {
+    let label = |line: &str, name: &str| {
+        let start = line.find(&format!("{name}=\""))? + name.len() + 2;
+        Some(line[start..].split('"').next()?.to_string())
+    };
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("sluice_http_requests_total{"))
+        .filter_map(|l| {
+            let count = l.rsplit(' ').next()?.parse::<f64>().ok()? as u64;
+            Some(((label(l, "route")?, label(l, "status")?), count))
+        })
+        .collect()
 }
