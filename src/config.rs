@@ -572,9 +572,19 @@ impl Config {
             check_rate(&format!("tenants.{name}.key_rate"), &tenant.key_rate)?;
             for (stream, s) in &tenant.streams {
                 self.validate_stream(&format!("tenants.{name}.streams.{stream}"), stream, s)?;
+                let parent = stream
+                    .strip_suffix(".dlq")
+                    .and_then(|p| tenant.streams.get(p));
+                if parent.is_some_and(|p| p.dead_letter) {
+                    return bad(
+                        format!("tenants.{name}.streams.{stream}"),
+                        "is the dead-letter stream of a stream with dead_letter = true; the gateway sets it up (one partition, no schema): remove this section".into(),
+                    );
+                }
             }
         }
         let mut ids = std::collections::HashSet::new();
+        let mut hashes = std::collections::HashSet::new();
         for (i, key) in self.keys.iter().enumerate() {
             let at = format!("keys[{i}] (id {:?})", key.id);
             if !ids.insert(key.id.as_str()) {
@@ -591,6 +601,12 @@ impl Config {
             }
             if let Err(m) = crate::auth::keys::parse_hash(&key.hash) {
                 return bad(format!("{at}.hash"), m);
+            }
+            if !hashes.insert(key.hash.to_ascii_lowercase()) {
+                return bad(
+                    format!("{at}.hash"),
+                    "another key has the same hash: each key needs its own (sluice keygen)".into(),
+                );
             }
             if key.scopes.is_empty() {
                 return bad(
@@ -635,8 +651,11 @@ impl Config {
                 "must be between 1 and batch.memory_budget_bytes",
             );
         }
-        if s.max_events == Some(0) || s.max_events_per_request == Some(0) {
-            return bad(".max_events", "event counts must be at least 1");
+        if s.max_events == Some(0) {
+            return bad(".max_events", "must be at least 1");
+        }
+        if s.max_events_per_request == Some(0) {
+            return bad(".max_events_per_request", "must be at least 1");
         }
         if s.max_event_bytes
             .is_some_and(|b| b == 0 || b > self.limits.max_decoded_bytes)

@@ -67,16 +67,11 @@ impl Bucket {
         })
     }
 
-    /// Seconds for the bucket to fill from empty: the policy's window.
-    fn window(&self) -> u32 {
-        self.burst.div_ceil(self.per_sec).max(1)
-    }
-
     fn state(&self, remaining: u32) -> RateState {
         RateState {
             policy: self.policy,
-            quota: self.burst,
-            window: self.window(),
+            rate: self.per_sec,
+            burst: self.burst,
             remaining,
             reset: (self.burst - remaining.min(self.burst)).div_ceil(self.per_sec),
         }
@@ -135,16 +130,28 @@ impl Limiter {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RateState {
     pub policy: &'static str,
-    pub quota: u32,
-    pub window: u32,
+    /// Units per second.
+    pub rate: u32,
+    /// Most units at once.
+    pub burst: u32,
+    /// Units that would pass now.
     pub remaining: u32,
+    /// Seconds until the bucket is full again (or, refused, until the
+    /// request would fit).
     pub reset: u32,
 }
 
 impl RateState {
-    /// `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers).
+    /// `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers):
+    /// the policy is the rate (`q` units per `w` = 1 s; bytes policies say
+    /// `qu="content-bytes"`, counting decoded bytes), `r` what would pass now
+    /// (at most the burst), `t` the seconds until that is full again.
     pub fn write_headers(&self, headers: &mut HeaderMap) {
-        let policy = format!("\"{}\";q={};w={}", self.policy, self.quota, self.window);
+        let unit = match unit_name(self.policy) {
+            "bytes" => ";qu=\"content-bytes\"",
+            _ => "",
+        };
+        let policy = format!("\"{}\";q={};w=1{unit}", self.policy, self.rate);
         let now = format!("\"{}\";r={};t={}", self.policy, self.remaining, self.reset);
         for (name, value) in [("ratelimit-policy", policy), ("ratelimit", now)] {
             if let Ok(v) = HeaderValue::from_str(&value) {
@@ -153,10 +160,10 @@ impl RateState {
         }
     }
 
-    /// Lower share of the quota left is tighter.
+    /// Lower share of the burst left is tighter.
     fn tighter_than(&self, other: &RateState) -> bool {
-        (self.remaining as u64) * (other.quota as u64)
-            < (other.remaining as u64) * (self.quota as u64)
+        (self.remaining as u64) * (other.burst as u64)
+            < (other.remaining as u64) * (self.burst as u64)
     }
 }
 
@@ -219,7 +226,7 @@ impl From<Refused> for Problem {
                     StatusCode::TOO_MANY_REQUESTS,
                     "rate-limited",
                     "Too many requests",
-                    format!("over the limit of {rate} {unit}/s (burst {}) set by {source}; nothing of this request was accepted: retry in {retry_after} s", state.quota),
+                    format!("over the limit of {rate} {unit}/s (burst {}) set by {source}; nothing of this request was accepted: retry in {retry_after} s", state.burst),
                 )
                 .retry_after(retry_after);
                 state.write_headers(p.headers_mut());
@@ -268,7 +275,7 @@ mod tests {
     fn a_request_passes_whole_or_not_at_all() {
         let l = limiter(1, 10);
         let state = check(&[Some(&l)], 6, 100).unwrap().unwrap();
-        assert_eq!((state.remaining, state.quota), (4, 10));
+        assert_eq!((state.remaining, state.burst), (4, 10));
         let refused = check(&[Some(&l)], 6, 100).unwrap_err();
         assert!(matches!(refused, Refused::Limited { retry_after, .. } if retry_after >= 2));
         // The refused request took nothing: 4 still fit.
@@ -295,7 +302,22 @@ mod tests {
         let state = check(&[Some(&l)], 5, 0).unwrap().unwrap();
         let mut h = HeaderMap::new();
         state.write_headers(&mut h);
-        assert_eq!(h["ratelimit-policy"], "\"key-events\";q=20;w=2");
+        assert_eq!(h["ratelimit-policy"], "\"key-events\";q=10;w=1");
         assert_eq!(h["ratelimit"], "\"key-events\";r=15;t=1");
+        let bytes = RateConfig {
+            bytes_per_sec: 100,
+            ..RateConfig::default()
+        };
+        let l = Limiter::new(&bytes, "tenant", String::new()).unwrap();
+        let mut h = HeaderMap::new();
+        check(&[Some(&l)], 1, 40)
+            .unwrap()
+            .unwrap()
+            .write_headers(&mut h);
+        assert_eq!(
+            h["ratelimit-policy"],
+            "\"tenant-bytes\";q=100;w=1;qu=\"content-bytes\""
+        );
+        assert_eq!(h["ratelimit"], "\"tenant-bytes\";r=60;t=1");
     }
 }

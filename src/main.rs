@@ -125,6 +125,9 @@ fn main() -> anyhow::Result<()> {
         Command::Serve { config } => runtime.block_on(serve(config)),
         Command::CheckConfig { file } => {
             let config = Config::load(file.as_deref())?;
+            if let Some(tls) = &config.tls {
+                sluice::server::tls::Tls::load(tls)?;
+            }
             println!(
                 "config ok: listen {}, store {}, {} partitions per stream",
                 config.listen, config.store, config.streams.partitions
@@ -189,7 +192,10 @@ fn keygen(
 ) -> anyhow::Result<()> {
     let key = sluice::auth::keys::generate()
         .map_err(|_| anyhow::anyhow!("the system random number generator failed"))?;
-    let id = id.unwrap_or_else(|| format!("key-{}", &key[3..11]));
+    // The default id comes from the hash, never from the key itself: ids are
+    // shown in errors, logs and dead letters.
+    let hash = sluice::auth::keys::hash_text(&key);
+    let id = id.unwrap_or_else(|| format!("key-{}", &hash[7..15]));
     let list = |text: &str| -> String {
         let items: Vec<String> = text
             .split(',')
@@ -203,10 +209,7 @@ fn keygen(
         "key: {key}\n# Paste into the config; the key above is not stored anywhere.\n[[keys]]\n"
     );
     text.push_str(&format!("id = {id:?}\ntenant = {tenant:?}\n"));
-    text.push_str(&format!(
-        "hash = {:?}\n",
-        sluice::auth::keys::hash_text(&key)
-    ));
+    text.push_str(&format!("hash = {hash:?}\n"));
     text.push_str(&format!(
         "scopes = {}\nstreams = {}\n",
         list(scopes),

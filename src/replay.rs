@@ -12,8 +12,12 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use url::Url;
 
-/// Most events per re-post (well under `limits.max_events_per_request`).
-const BATCH_EVENTS: usize = 500;
+/// Most events per re-post: at most `limits.max_reported_errors` (default
+/// 100), so every event that still fails is named in the answer.
+const BATCH_EVENTS: usize = 100;
+/// Empty reads before the end offset before giving up (each waits up to 2 s
+/// for the gateway to see the DLQ's newer commits).
+const EMPTY_READS: u32 = 5;
 /// Most body bytes per re-post (well under `limits.max_body_bytes`).
 const BATCH_BYTES: usize = 1024 * 1024;
 /// Attempts for one request that gets 429/503 or no answer.
@@ -130,21 +134,31 @@ pub async fn run(opts: &ReplayOptions) -> Result<Report, ReplayError> {
         ..Report::default()
     };
     let mut offset = opts.from_offset;
+    let mut empty = 0;
     while offset < to {
         let limit = (to - offset).min(BATCH_EVENTS as u64);
+        // A gateway may not have seen the newest commits yet: wait for them.
+        let wait = if empty > 0 { "&wait=2000" } else { "" };
         let path = format!(
-            "v1/streams/{}/events?partition=0&offset={offset}&limit={limit}",
+            "v1/streams/{}/events?partition=0&offset={offset}&limit={limit}{wait}",
             opts.from_stream
         );
         let body = client.send(|h, u| h.get(u), &path, None).await?;
         let page: Page = serde_json::from_slice(&body).map_err(|e| unexpected(&path, e))?;
         if page.events.is_empty() {
-            break;
+            empty += 1;
+            if empty > EMPTY_READS {
+                return Err(ReplayError::Unexpected {
+                    url: path,
+                    reason: format!("no dead letters at offset {offset}, though the DLQ's head is {to}; {} were replayed before this", report.replayed),
+                });
+            }
+            continue;
         }
+        empty = 0;
         replay_page(&client, opts, offset, &page, &mut report).await?;
         offset = page.next_offset;
     }
-    report.to_offset = report.to_offset.min(offset.max(opts.from_offset));
     Ok(report)
 }
 
@@ -201,7 +215,7 @@ async fn post(
     if answer.errors_omitted > 0 {
         return Err(ReplayError::Unexpected {
             url: path,
-            reason: "the gateway left out some errors (limits.max_reported_errors is below the replay batch of 500)".into(),
+            reason: format!("the gateway left out some errors (its limits.max_reported_errors is below the replay batch of {BATCH_EVENTS}); {} were replayed before this", report.replayed),
         });
     }
     let failed: std::collections::HashMap<usize, &AnswerError> =
@@ -254,12 +268,21 @@ impl Client {
         Ok(Client { http, base: url })
     }
 
-    /// The DLQ's head offset (its one partition).
+    /// The DLQ's head offset; a dead-letter stream has one partition.
     async fn head(&self, stream: &str) -> Result<u64, ReplayError> {
         let path = format!("v1/streams/{stream}");
         let body = self.send(|h, u| h.get(u), &path, None).await?;
         let d: Described = serde_json::from_slice(&body).map_err(|e| unexpected(&path, e))?;
-        Ok(d.partitions.first().map_or(0, |p| p.head_offset))
+        match d.partitions.as_slice() {
+            [p] => Ok(p.head_offset),
+            _ => Err(ReplayError::Unexpected {
+                url: path,
+                reason: format!(
+                    "{stream} has {} partitions; dead-letter streams have one",
+                    d.partitions.len()
+                ),
+            }),
+        }
     }
 
     /// Send with retries on 429, 503 and lost connections (honouring

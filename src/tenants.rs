@@ -30,6 +30,8 @@ pub struct StreamSettings {
     pub schema_error: Option<String>,
     /// Invalid events go to `<name>.dlq`.
     pub dead_letter: bool,
+    /// A dead-letter stream: only the gateway writes it.
+    pub dead_letters: bool,
 }
 
 /// One tenant: its streams and its limits.
@@ -114,6 +116,7 @@ fn settings(config: &Config, s: Option<&StreamConfig>, rate_key: &str) -> Stream
             schema: None,
             schema_error: None,
             dead_letter: false,
+            dead_letters: false,
         };
     };
     let (schema, schema_error) =
@@ -137,6 +140,7 @@ fn settings(config: &Config, s: Option<&StreamConfig>, rate_key: &str) -> Stream
         schema,
         schema_error,
         dead_letter: s.dead_letter,
+        dead_letters: false,
     }
 }
 
@@ -146,6 +150,7 @@ fn dead_letters(config: &Config) -> StreamSettings {
     StreamSettings {
         partitions: 1,
         declared: true,
+        dead_letters: true,
         ..settings(config, None, "")
     }
 }

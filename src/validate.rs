@@ -93,11 +93,27 @@ impl Schema {
         };
         Err(Violation {
             keyword: error.kind().keyword().to_string(),
-            detail: error.to_string(),
+            detail: capped(error.to_string()),
             instance_path: pointer(&error.instance_path().to_string()),
             schema_path: pointer(&error.schema_path().to_string()),
         })
     }
+}
+
+/// Longest violation detail: the library quotes the failing value, which
+/// may be the whole event.
+const MAX_DETAIL: usize = 300;
+
+fn capped(mut text: String) -> String {
+    if text.len() > MAX_DETAIL {
+        let mut end = MAX_DETAIL;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push('…');
+    }
+    text
 }
 
 /// The root pointer is shown as `/`, not as an empty string.

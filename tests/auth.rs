@@ -368,7 +368,11 @@ async fn preflight_answers_from_the_keys_origins() {
     assert!(!with_key
         .headers()
         .contains_key("access-control-allow-origin"));
-    assert!(with_key.text().await.unwrap().contains("the key in ?key="));
+    assert!(with_key
+        .text()
+        .await
+        .unwrap()
+        .contains("the key in ?key= may not be used"));
     // The real request from the allowed origin can read its answer.
     let resp = client
         .post(gw.url("/v1/streams/clicks/events"))
@@ -547,7 +551,7 @@ rate = {{ events_per_sec = 2, events_burst = 3 }}
     };
     let ok = post(r#"[{"n":1},{"n":2}]"#).await.unwrap();
     assert_eq!(ok.status(), 200);
-    assert_eq!(ok.headers()["ratelimit-policy"], "\"key-events\";q=3;w=2");
+    assert_eq!(ok.headers()["ratelimit-policy"], "\"key-events\";q=2;w=1");
     assert_eq!(ok.headers()["ratelimit"], "\"key-events\";r=1;t=1");
     // Two more events do not fit in the one left: nothing of them is taken.
     let refused = post(r#"[{"n":3},{"n":4}]"#).await.unwrap();
@@ -555,7 +559,7 @@ rate = {{ events_per_sec = 2, events_burst = 3 }}
     let h = refused.headers().clone();
     let retry: u64 = h["retry-after"].to_str().unwrap().parse().unwrap();
     assert!((1..=2).contains(&retry), "retry-after {retry}");
-    assert_eq!(h["ratelimit-policy"], "\"key-events\";q=3;w=2");
+    assert_eq!(h["ratelimit-policy"], "\"key-events\";q=2;w=1");
     assert!(h["ratelimit"]
         .to_str()
         .unwrap()
@@ -606,7 +610,7 @@ async fn a_tenant_limit_is_shared_by_its_keys() {
     assert_eq!(refused.status(), 429);
     assert_eq!(
         refused.headers()["ratelimit-policy"],
-        "\"tenant-events\";q=2;w=2"
+        "\"tenant-events\";q=1;w=1"
     );
     // Beta's keys are not affected by acme's limit.
     let beta = client
@@ -656,6 +660,16 @@ fn malformed_access_config_names_the_key_and_the_fix() {
         (key("acme", &hash, "[\"delete\"]"), "delete", false),
         (key("acme", &hash, "[]"), "at least one", false),
         ("[auth]\nrequired = true\n".into(), "auth.required", false),
+        (
+            format!("{}{}", key("acme", &hash, "[\"write\"]"), key("acme", &hash, "[\"read\"]").replace("[tenants.acme]\n", "").replace("k1", "k2")),
+            "another key has the same hash",
+            false,
+        ),
+        (
+            "[tenants.acme.streams.clicks]\ndead_letter = true\n[tenants.acme.streams.\"clicks.dlq\"]\npartitions = 4\n".into(),
+            "is the dead-letter stream",
+            false,
+        ),
         (
             "[tenants.acme.streams.clicks]\npartitions = 0\n".into(),
             "tenants.acme.streams.clicks.partitions",
@@ -742,5 +756,39 @@ async fn a_websocket_frame_over_the_limit_gets_a_429_answer_and_the_socket_stays
     let mut events = events_of(&store, "beta", "frames").await;
     events.sort();
     assert_eq!(events, [r#"{"f":1}"#, r#"{"f":2}"#, r#"{"f":5}"#]);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn with_auth_off_only_same_origin_browsers_get_in() {
+    let gw = TestGateway::start(test_config(), memory()).await;
+    let client = reqwest::Client::new();
+    let post = |origin: Option<String>| {
+        let mut req = client.post(gw.url("/v1/streams/open/events")).body("{}");
+        if let Some(o) = origin {
+            req = req.header("origin", o);
+        }
+        req.send()
+    };
+    assert_eq!(post(None).await.unwrap().status(), 200, "curl and servers");
+    let own = format!("http://{}", gw.addr);
+    assert_eq!(
+        post(Some(own)).await.unwrap().status(),
+        200,
+        "the gateway's own origin"
+    );
+    let other = post(Some("http://evil.example".into())).await.unwrap();
+    assert_eq!(other.status(), 403);
+    // A page cannot open a subscription either (CORS does not cover WebSockets).
+    let url = format!("ws://{}/v1/streams/open/subscribe?from=earliest", gw.addr);
+    let mut req = url.into_client_request().unwrap();
+    req.headers_mut()
+        .insert("origin", "http://evil.example".parse().unwrap());
+    match tokio_tungstenite::connect_async(req).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status(), 403)
+        }
+        other => panic!("a cross-origin subscription was not refused: {other:?}"),
+    }
     gw.stop().await;
 }

@@ -109,6 +109,19 @@ impl Grant {
         })
     }
 
+    /// A stream this grant may write: [`Grant::stream`], but not a
+    /// dead-letter stream (only the gateway writes those).
+    pub fn writable(&self, name: &str) -> Result<Arc<StreamSettings>, Problem> {
+        let settings = self.stream(name)?;
+        if settings.dead_letters {
+            return Err(forbidden(
+                "dead-letter-stream",
+                format!("{name} is a dead-letter stream: only the gateway writes it (sluice replay moves its events back)"),
+            ));
+        }
+        Ok(settings)
+    }
+
     /// May this grant see `stream` (in listings)?
     pub fn sees(&self, stream: &str) -> bool {
         self.key.as_ref().is_none_or(|k| k.allows_stream(stream))
@@ -187,6 +200,7 @@ impl Access {
         stream: Option<&str>,
     ) -> Result<Grant, Problem> {
         if !self.enabled {
+            check_same_origin(req)?;
             return Ok(Grant {
                 tenant: self.tenants.default_tenant().clone(),
                 key: None,
@@ -257,12 +271,12 @@ impl Access {
         };
         if !allowed {
             let whose = match query_key(req) {
-                Some(_) => "the key in ?key=",
-                None => "no key of this gateway",
+                Some(_) => "the key in ?key= may not",
+                None => "no key of this gateway may",
             };
             return forbidden(
                 "forbidden-origin",
-                format!("{whose} may be used from origin {origin:?}"),
+                format!("{whose} be used from origin {origin:?}"),
             )
             .response();
         }
@@ -365,6 +379,31 @@ fn check_query_key(key: &Key, action: Action, origin: Option<&str>) -> Result<()
                 "?key= needs an Origin header that key {} allows (keys[].origins)",
                 key.id
             ),
+        )),
+    }
+}
+
+/// While auth is off, a browser page on another origin must not reach the
+/// gateway: CORS does not cover WebSockets or `sendBeacon`, so a request whose
+/// `Origin` is not the gateway's own (`Host`) is refused on every route.
+fn check_same_origin<B>(req: &Request<B>) -> Result<(), Problem> {
+    let Some(origin) = req.headers().get(header::ORIGIN) else {
+        return Ok(());
+    };
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok());
+    let authority = origin
+        .to_str()
+        .ok()
+        .and_then(|o| o.split_once("://"))
+        .map(|(_, a)| a);
+    match (authority, host) {
+        (Some(a), Some(h)) if a.eq_ignore_ascii_case(h) => Ok(()),
+        _ => Err(forbidden(
+            "forbidden-origin",
+            "auth is off: requests from browser pages on other origins are refused; declare [[keys]] with origins",
         )),
     }
 }

@@ -10,7 +10,7 @@ mod stream;
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -106,6 +106,54 @@ struct StreamEntry {
     bytes: metrics::Counter,
 }
 
+/// Room reserved for one submission; see [`Batcher::reserve`].
+pub struct Slot {
+    permit: Option<mpsc::OwnedPermit<Submission>>,
+    budget: Arc<Budget>,
+    reserved: usize,
+    count: usize,
+    entry: Arc<StreamEntry>,
+}
+
+impl Slot {
+    /// Queue the events the slot was reserved for; with `durable`, the
+    /// receiver yields their offsets once committed.
+    pub fn send(
+        mut self,
+        events: Vec<Bytes>,
+        at: ReceivedAt,
+        durable: bool,
+    ) -> Option<AckReceiver> {
+        let permit = self.permit.take()?;
+        let (ack, rx) = match durable {
+            true => {
+                let (tx, rx) = oneshot::channel();
+                (Some(tx), Some(rx))
+            }
+            false => (None, None),
+        };
+        let bytes: usize = events.iter().map(Bytes::len).sum();
+        self.entry.accepted.increment(events.len() as u64);
+        self.entry.bytes.increment(bytes as u64);
+        permit.send(Submission {
+            events,
+            at,
+            reserved: self.reserved,
+            received: Instant::now(),
+            ack,
+        });
+        rx
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if self.permit.is_some() {
+            self.budget.release(self.reserved, self.count);
+        }
+    }
+}
+
 /// Bytes a submission holds in memory: event bytes plus envelope overhead.
 fn footprint(events: &[Bytes]) -> usize {
     events.iter().map(|e| e.len() + 48).sum()
@@ -136,57 +184,41 @@ impl Batcher {
         &self.budget
     }
 
-    /// Queue a request's events for `stream`. `held` is the bytes the events
-    /// keep alive until they are copied into a segment (the decoded body they
-    /// are slices of). With `durable`, the receiver yields their offsets once
-    /// committed.
-    ///
-    /// Waits at most `wait` for room in the stream's queue, then answers
-    /// `Overloaded`. Nothing is reserved across an `.await`, so a client that
-    /// goes away mid-call leaks no budget.
-    pub async fn submit(
+    /// Take room for `events` on `dest`: a place in the stream's queue
+    /// (waiting until `deadline` at most, then `Overloaded`) and their share
+    /// of the memory budget. `held` is the bytes the events keep alive until
+    /// they are copied into a segment (the decoded body they are slices of).
+    /// Nothing is queued yet: a request that must put events on two streams
+    /// reserves both first, so it never ends half queued. A slot dropped
+    /// unsent gives everything back, so a client that goes away leaks nothing.
+    pub async fn reserve(
         &self,
         dest: Dest<'_>,
-        events: Vec<Bytes>,
+        events: &[Bytes],
         held: usize,
-        at: ReceivedAt,
-        durable: bool,
-        wait: Duration,
-    ) -> Result<Option<AckReceiver>, SubmitError> {
+        deadline: tokio::time::Instant,
+    ) -> Result<Slot, SubmitError> {
         let entry = self.entry(dest)?;
         let overloaded = SubmitError::Overloaded {
             limit: self.budget.limit(),
         };
-        let permit = match tokio::time::timeout(wait, entry.tx.reserve()).await {
+        let permit = match tokio::time::timeout_at(deadline, entry.tx.clone().reserve_owned()).await
+        {
             Ok(Ok(permit)) => permit,
             Ok(Err(_)) => return Err(SubmitError::Draining),
             Err(_) => return Err(overloaded),
         };
-        let reserved = held.max(footprint(&events));
+        let reserved = held.max(footprint(events));
         if !self.budget.try_reserve(reserved, events.len()) {
             return Err(overloaded);
         }
-        let (ack, rx) = match durable {
-            true => {
-                let (tx, rx) = oneshot::channel();
-                (Some(tx), Some(rx))
-            }
-            false => (None, None),
-        };
-        let (count, bytes) = (
-            events.len() as u64,
-            events.iter().map(Bytes::len).sum::<usize>(),
-        );
-        permit.send(Submission {
-            events,
-            at,
+        Ok(Slot {
+            permit: Some(permit),
+            budget: self.budget.clone(),
             reserved,
-            received: Instant::now(),
-            ack,
-        });
-        entry.accepted.increment(count);
-        entry.bytes.increment(bytes as u64);
-        Ok(rx)
+            count: events.len(),
+            entry,
+        })
     }
 
     /// Count invalid events; streams this gateway does not serve fold into

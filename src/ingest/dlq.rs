@@ -39,14 +39,23 @@ struct Error<'a> {
 /// One dead-letter record per rejected event of `body`, in request order:
 /// `{"stream":…,"index":…,"key":…,"error":{…},"event":<bytes as sent>}`
 /// (or `"event_text":"…"` for bytes that are not JSON).
-pub fn records(stream: &str, key: &str, body: &Bytes, rejected: &[Rejected]) -> Vec<Bytes> {
+/// An event over `limits.max_event_bytes` keeps only its first `max_text`
+/// bytes (and its full length as `event_bytes`): a dead letter is a trace,
+/// not a second copy of an oversized body.
+pub fn records(
+    stream: &str,
+    key: &str,
+    body: &Bytes,
+    rejected: &[Rejected],
+    max_text: usize,
+) -> Vec<Bytes> {
     rejected
         .iter()
-        .map(|r| record(stream, key, body, r))
+        .map(|r| record(stream, key, body, r, max_text))
         .collect()
 }
 
-fn record(stream: &str, key: &str, body: &Bytes, r: &Rejected) -> Bytes {
+fn record(stream: &str, key: &str, body: &Bytes, r: &Rejected, max_text: usize) -> Bytes {
     let v = r.violation.as_deref();
     let head = Head {
         stream,
@@ -72,8 +81,11 @@ fn record(stream: &str, key: &str, body: &Bytes, r: &Rejected) -> Bytes {
         }
     } else {
         out.extend_from_slice(b",\"event_text\":");
-        let text = String::from_utf8_lossy(event);
+        let text = String::from_utf8_lossy(&event[..event.len().min(max_text)]);
         out.extend_from_slice(&serde_json::to_vec(&text).unwrap_or_default());
+        if event.len() > max_text {
+            out.extend_from_slice(format!(",\"event_bytes\":{}", event.len()).as_bytes());
+        }
     }
     out.push(b'}');
     Bytes::from(out)
@@ -105,7 +117,9 @@ mod tests {
             &[
                 rejected(0..9, EventFault::NotObject),
                 rejected(10..15, EventFault::Malformed),
+                rejected(10..15, EventFault::TooLarge),
             ],
+            3,
         );
         let first: Value = serde_json::from_slice(&out[0]).unwrap();
         assert_eq!(first["event"], json!({"a": 1}));
@@ -113,7 +127,13 @@ mod tests {
         assert_eq!(first["error"]["type"], "not-an-object");
         assert!(!out[0].contains(&b'\n'), "one line");
         let second: Value = serde_json::from_slice(&out[1]).unwrap();
-        assert_eq!(second["event_text"], "{oops");
+        assert_eq!(second["event_text"], "{oo");
+        assert_eq!(second["event_bytes"], 5);
         assert_eq!(second["key"], "web");
+        let third: Value = serde_json::from_slice(&out[2]).unwrap();
+        assert_eq!(
+            third["event_text"], "{oo",
+            "only a prefix of an oversized event"
+        );
     }
 }

@@ -79,7 +79,7 @@ pub async fn handle(
     stream: &str,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Problem> {
-    let settings = grant.stream(stream)?;
+    let settings = grant.writable(stream)?;
     let target = Target {
         grant,
         stream,
@@ -135,6 +135,7 @@ pub async fn ingest_bytes(
             target.grant.key_id(),
             &raw,
             &decoded.rejected,
+            limits.max_event_bytes,
         ),
         false => Vec::new(),
     };
@@ -143,23 +144,35 @@ pub async fn ingest_bytes(
         count("invalid", rejected - dead_lettered);
     }
     let deadline = tokio::time::Instant::now() + app.config.batch.ack_timeout();
-    let wait = app.config.batch.ack_timeout();
-    let events_rx = match accepted {
+    // Room on both streams first: a request is queued whole or not at all.
+    let letters_slot = reserve_letters(app, &target, &letters, deadline).await?;
+    let events_slot = match accepted {
         0 => None,
-        _ => {
+        _ => Some(
             app.batcher
-                .submit(dest, decoded.events, raw.len(), at, durable, wait)
-                .await?
-        }
+                .reserve(dest, &decoded.events, raw.len(), deadline)
+                .await?,
+        ),
     };
-    let letters_rx = submit_letters(app, &target, letters, at, durable, wait).await?;
+    let letters_rx = letters_slot.and_then(|s| s.send(letters, at, durable));
+    let events_rx = events_slot.and_then(|s| s.send(decoded.events, at, durable));
     drop(raw);
     let ack = match events_rx {
         None => None,
         Some(rx) => Some(wait_for_ack(app, rx, deadline).await?),
     };
     if let Some(rx) = letters_rx {
-        wait_for_ack(app, rx, deadline).await?;
+        wait_for_ack(app, rx, deadline).await.map_err(|mut p| {
+            p.detail = format!(
+                "the valid events were committed{}, but their dead letters were not: {}",
+                ack.map_or(String::new(), |a| format!(
+                    " (partition {}, first offset {})",
+                    a.partition, a.first_offset
+                )),
+                p.detail
+            );
+            p
+        })?;
     }
     if dead_lettered > 0 {
         count("dead_lettered", dead_lettered);
@@ -186,15 +199,13 @@ pub async fn ingest_bytes(
     })
 }
 
-/// Queue dead letters on `<stream>.dlq` (nothing when there are none).
-async fn submit_letters(
+/// Room for dead letters on `<stream>.dlq` (none needed when there are none).
+async fn reserve_letters(
     app: &Arc<App>,
     target: &Target<'_>,
-    letters: Vec<Bytes>,
-    at: ReceivedAt,
-    durable: bool,
-    wait: std::time::Duration,
-) -> Result<Option<crate::batch::AckReceiver>, Problem> {
+    letters: &[Bytes],
+    deadline: tokio::time::Instant,
+) -> Result<Option<crate::batch::Slot>, Problem> {
     if letters.is_empty() {
         return Ok(None);
     }
@@ -206,10 +217,9 @@ async fn submit_letters(
         settings: &settings,
     };
     let held = letters.iter().map(Bytes::len).sum();
-    Ok(app
-        .batcher
-        .submit(dest, letters, held, at, durable, wait)
-        .await?)
+    Ok(Some(
+        app.batcher.reserve(dest, letters, held, deadline).await?,
+    ))
 }
 
 fn internal(detail: String) -> Problem {

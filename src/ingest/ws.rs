@@ -44,7 +44,7 @@ pub async fn handle(
     stream: &str,
     mut req: Request<Incoming>,
 ) -> Result<Response<Body>, Problem> {
-    let settings = grant.stream(stream)?;
+    let settings = grant.writable(stream)?;
     let mode = Mode {
         durable: !super::wants_async(&req),
         envelope: req
