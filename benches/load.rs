@@ -222,6 +222,8 @@ mod plan {
         Gateway,
         /// The gateway with a key and (never refusing) rate limits configured.
         AuthGateway,
+        /// The gateway with a JSON Schema on the stream the load posts to.
+        SchemaGateway,
         CeilingHttp,
         CeilingParseZstd,
     }
@@ -325,13 +327,29 @@ mod plan {
         }
     }
 
+    /// A `gateway` scenario on the gateway whose stream has a JSON Schema.
+    const fn gateway_schema(name: &'static str, body: BodyKind, conns: usize) -> Scenario {
+        Scenario {
+            target: Target::SchemaGateway,
+            ..gateway(name, false, body, conns)
+        }
+    }
+
     /// What an auth scenario's name ends with; without it, its plain twin's.
     pub const AUTH_SUFFIX: &str = "-auth";
+    /// What a schema scenario's name ends with; without it, its plain twin's.
+    pub const SCHEMA_SUFFIX: &str = "-schema";
+
+    /// The plain scenario a variant (`-auth`, `-schema`) is compared with.
+    pub fn twin(name: &str) -> Option<&str> {
+        name.strip_suffix(AUTH_SUFFIX)
+            .or_else(|| name.strip_suffix(SCHEMA_SUFFIX))
+    }
 
     /// Every scenario with its default connection count; ceilings first, so
     /// the gateway's rows can be read against them, and each auth scenario
     /// right after its plain twin.
-    const ALL: [Scenario; 11] = [
+    const ALL: [Scenario; 12] = [
         ceiling("ceiling-http-1", Target::CeilingHttp, BodyKind::One),
         ceiling("ceiling-http-100", Target::CeilingHttp, BodyKind::Hundred),
         ceiling(
@@ -348,6 +366,7 @@ mod plan {
         gateway_auth("durable-1-auth", BodyKind::One, 4000),
         gateway("durable-100", false, BodyKind::Hundred, 1000),
         gateway_auth("durable-100-auth", BodyKind::Hundred, 1000),
+        gateway_schema("durable-100-schema", BodyKind::Hundred, 1000),
         gateway("async-1", true, BodyKind::One, 256),
         gateway("async-100", true, BodyKind::Hundred, 256),
         gateway_ws("ws-durable-100", BodyKind::Hundred, 1000),
@@ -416,15 +435,16 @@ mod plan {
     }
 
     /// The smoke run's scenarios unless `SLUICE_LOAD_ONLY` names others.
-    const SMOKE: [&str; 5] = [
+    const SMOKE: [&str; 6] = [
         "ceiling-http-1",
         "ceiling-parse-zstd-100",
         "durable-1",
         "durable-1-auth",
         "async-1",
+        "durable-100-schema",
     ];
 
-    /// `cargo test`: both ceilings, `durable-1`, `durable-1-auth` and
+    /// `cargo test`: both ceilings, `durable-1`, `durable-1-auth`, `durable-100-schema` and
     /// `async-1` (or those `SLUICE_LOAD_ONLY` names) with 4 connections for
     /// about a second each, neighbours on the same server sharing its
     /// process; then a few events through `delivery` and through `fanout`
@@ -496,7 +516,7 @@ mod plan {
     /// else the default: an auth row compares with its twin at equal load.
     fn conns_for(s: &Scenario) -> usize {
         let variable = conns_variable(s.name);
-        let twin = s.name.strip_suffix(AUTH_SUFFIX);
+        let twin = twin(s.name);
         let conns = env_parse(&variable)
             .or_else(|| twin.and_then(|twin| env_parse(&conns_variable(twin))))
             .unwrap_or(s.conns);
@@ -578,6 +598,7 @@ mod server {
             match target {
                 Target::Gateway => start_gateway(None),
                 Target::AuthGateway => start_auth_gateway(),
+                Target::SchemaGateway => start_schema_gateway(),
                 Target::CeilingHttp => start_ceiling("ceiling-http", super::ceiling::HTTP),
                 Target::CeilingParseZstd => {
                     start_ceiling("ceiling-parse-zstd", super::ceiling::PARSE_ZSTD)
@@ -629,6 +650,22 @@ mod server {
         let bearer = HeaderValue::try_from(format!("Bearer {key}"))
             .expect("a generated key is a valid header value");
         server.authorization = Some(bearer);
+        server
+    }
+
+    /// The gateway (auth off) with `benches/data/pageview.schema.json` on the
+    /// stream the load posts to; every bench event satisfies it.
+    fn start_schema_gateway() -> ServerProcess {
+        let schema = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/benches/data/pageview.schema.json"
+        );
+        let config = format!(
+            "[tenants.default.streams.{}]\nschema_file = {schema:?}\n",
+            super::load::STREAM
+        );
+        let mut server = start_gateway(Some(&config));
+        server.label = "gateway (JSON Schema)";
         server
     }
 
@@ -1106,7 +1143,7 @@ mod ws_load {
 /// The markdown table.
 mod report {
     use super::load::Tally;
-    use super::plan::{Plan, Scenario, Target, AUTH_SUFFIX};
+    use super::plan::{Plan, Scenario, Target};
 
     pub struct Row {
         pub scenario: Scenario,
@@ -1170,10 +1207,11 @@ mod report {
         print_failures(rows);
     }
 
-    /// Each auth row's req/s as a share of its plain twin's in this run.
+    /// Each auth or schema row's throughput as a share of its plain twin's
+    /// in this run.
     fn print_auth_costs(rows: &[Row]) {
         for row in rows {
-            let Some(twin) = row.scenario.name.strip_suffix(AUTH_SUFFIX) else {
+            let Some(twin) = super::plan::twin(row.scenario.name) else {
                 continue;
             };
             let Some(plain) = rows.iter().find(|r| r.scenario.name == twin) else {
@@ -1187,9 +1225,12 @@ mod report {
                 0 => String::new(),
                 n => format!("; {n} non-2xx, so not a cost measure"),
             };
+            let (what, target) = match row.scenario.target {
+                Target::SchemaGateway => ("with a JSON Schema on every event", 80),
+                _ => ("with auth and rate limits on", 95),
+            };
             println!(
-                "- {}: {:.1} % of {twin}'s req/s with auth and rate limits on \
-                 (target ≥ 95 %){refused}",
+                "- {}: {:.1} % of {twin}'s events/s {what} (target ≥ {target} %){refused}",
                 row.scenario.name,
                 share * 100.0,
             );
@@ -1259,10 +1300,12 @@ mod smoke {
                 tally.first_failure.as_deref().unwrap_or("none")
             );
         }
-        for row in rows
-            .iter()
-            .filter(|r| r.scenario.target == Target::AuthGateway)
-        {
+        for row in rows.iter().filter(|r| {
+            matches!(
+                r.scenario.target,
+                Target::AuthGateway | Target::SchemaGateway
+            )
+        }) {
             check_all_2xx(row);
         }
         for row in rows.iter().filter(|r| is_durable_post(&r.scenario)) {
@@ -1276,8 +1319,10 @@ mod smoke {
 
     /// Durable POSTs to either gateway (`durable-1`, `durable-100-auth`, …).
     fn is_durable_post(s: &Scenario) -> bool {
-        matches!(s.target, Target::Gateway | Target::AuthGateway)
-            && !s.respond_async
+        matches!(
+            s.target,
+            Target::Gateway | Target::AuthGateway | Target::SchemaGateway
+        ) && !s.respond_async
             && !s.websocket
     }
 
