@@ -1,11 +1,18 @@
 //! Validation: a stream's JSON Schema, compiled once per config load.
 //!
 //! Owns turning a schema document (inline in the config, or a file) into a
-//! compiled validator, and the verdict on one event: its bytes are parsed
-//! once, checked, and dropped; what is stored is always the bytes as sent.
+//! compiled validator, and the verdict on one event. Events are first walked
+//! by the DOM-free fast path (`fast`) when the schema stays in its subset;
+//! an event it cannot pass is parsed once into a `Value` and checked by the
+//! jsonschema crate, which also writes the error. What is stored is always
+//! the bytes as sent.
 //! Drafts 2020-12 (the default) and 7 (and 4, 6, 2019-09) are chosen by the
 //! document's `$schema`. Remote `$ref`s are not fetched: a schema must be
 //! self-contained.
+
+mod fast;
+
+pub use fast::Fast;
 
 use serde_json::Value;
 
@@ -14,6 +21,7 @@ use crate::config::StreamConfig;
 /// A compiled schema and the document it came from (shown by describe).
 pub struct Schema {
     validator: jsonschema::Validator,
+    fast: Option<fast::Fast>,
     pub document: Value,
 }
 
@@ -45,6 +53,7 @@ impl Schema {
             .map_err(|e| format!("{e} (at {})", pointer(&e.schema_path().to_string())))?;
         Ok(Schema {
             validator,
+            fast: fast::Fast::compile(&document),
             document,
         })
     }
@@ -71,6 +80,16 @@ impl Schema {
         }
     }
 
+    /// Does the schema stay inside the fast path's subset?
+    pub fn has_fast_path(&self) -> bool {
+        self.fast.is_some()
+    }
+
+    /// The DOM-free fast path, when the schema stays inside its subset.
+    pub fn fast(&self) -> Option<&Fast> {
+        self.fast.as_ref()
+    }
+
     /// Does a parsed event satisfy the schema? (Benchmarks split the cost.)
     pub fn is_valid(&self, event: &Value) -> bool {
         self.validator.is_valid(event)
@@ -79,6 +98,9 @@ impl Schema {
     /// Check one event (known to be a JSON object within the limits): the
     /// first violation, if any.
     pub fn check(&self, event: &[u8]) -> Result<(), Violation> {
+        if self.fast.as_ref().is_some_and(|f| f.accepts(event)) {
+            return Ok(());
+        }
         let value: Value = match serde_json::from_slice(event) {
             Ok(v) => v,
             Err(e) => {
