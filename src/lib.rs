@@ -11,6 +11,7 @@
 //! - [`log`]: segments and commit records in the bucket; append, heads, reads.
 //! - [`read`]: tailers, the segment cache, long-poll and Server-Sent Events.
 //! - [`store`]: opens the object store a URL names (file, memory, S3).
+//! - [`consume`]: consumer groups: checkpoints, read to the head, commit after output.
 //!
 //! Beside the path: [`config`] (settings), [`tenants`] (each tenant's
 //! streams and their settings), [`error`] (problem+json),
@@ -22,6 +23,7 @@ pub mod auth;
 pub mod batch;
 pub mod body;
 pub mod config;
+pub mod consume;
 pub mod decode;
 pub mod error;
 pub mod faults;

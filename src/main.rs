@@ -1,4 +1,4 @@
-//! The `sluice` command line: `serve`, `check-config`, `keygen`, `tail`, `replay`.
+//! The `sluice` command line: `serve`, `check-config`, `keygen`, `tail`, `replay`, `consume`.
 
 use std::path::PathBuf;
 
@@ -97,6 +97,38 @@ enum Command {
         #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=9999))]
         partitions: u32,
     },
+    // --- consume (consumer groups) ---
+    /// Read a consumer group's batch: from its checkpoints to the head of
+    /// every partition, write it out, then advance the checkpoints (at least
+    /// once). Exit 0 on success, 4 when another consumer of the group
+    /// advanced a partition first (run again), 2 for parquet, 1 on errors.
+    Consume {
+        /// The consumer group.
+        #[arg(long)]
+        group: String,
+        /// Stream to read.
+        #[arg(long)]
+        stream: String,
+        /// The bucket: file://PATH, s3://BUCKET/PREFIX, memory://.
+        #[arg(long, env = "SLUICE_STORE", default_value = "file://./sluice-data")]
+        store: String,
+        /// Tenant whose stream is read.
+        #[arg(long, default_value = "default")]
+        tenant: String,
+        /// `-` for stdout, or a directory for a new `{stream}-{group}-{ulid}.ndjson`.
+        #[arg(long, default_value = "-")]
+        out: String,
+        /// ndjson (stored envelope lines, bytes unchanged); parquet is not built yet.
+        #[arg(long, default_value = "ndjson")]
+        format: String,
+        /// Most events this run, over all partitions (default: up to the head).
+        #[arg(long)]
+        max_events: Option<u64>,
+        /// Partitions read at least (more when the bucket holds a higher one).
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=9999))]
+        partitions: u32,
+    },
+    // --- end consume ---
 }
 
 fn main() -> anyhow::Result<()> {
@@ -107,7 +139,8 @@ fn main() -> anyhow::Result<()> {
         Command::Tail { .. }
         | Command::CheckConfig { .. }
         | Command::Keygen { .. }
-        | Command::Replay { .. } => "warn",
+        | Command::Replay { .. }
+        | Command::Consume { .. } => "warn",
     };
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -180,8 +213,76 @@ fn main() -> anyhow::Result<()> {
             };
             runtime.block_on(tail(opts))
         }
+        Command::Consume {
+            group,
+            stream,
+            store,
+            tenant,
+            out,
+            format,
+            max_events,
+            partitions,
+        } => {
+            let output = match out.as_str() {
+                "-" => sluice::consume::Output::Stdout,
+                dir => sluice::consume::Output::Dir(PathBuf::from(dir)),
+            };
+            let opts = sluice::consume::ConsumeOptions {
+                store,
+                tenant,
+                stream,
+                group,
+                output,
+                format: format.parse().unwrap_or_else(|e| consume_exit(&e)),
+                max_events,
+                partitions,
+            };
+            runtime.block_on(consume(opts))
+        }
     }
 }
+
+// --- consume (consumer groups) ---
+async fn consume(opts: sluice::consume::ConsumeOptions) -> anyhow::Result<()> {
+    let report = sluice::consume::consume(&opts, &mut std::io::stdout().lock())
+        .await
+        .unwrap_or_else(|e| consume_exit(&e));
+    for p in &report.partitions {
+        eprintln!(
+            "partition {}: {} events, offset {} -> {}{}",
+            p.partition,
+            p.events,
+            p.from_offset,
+            p.next_offset,
+            p.checkpoint_seq
+                .map_or(String::new(), |s| format!(" (checkpoint seq {s})"))
+        );
+    }
+    let to = report
+        .file
+        .as_ref()
+        .map_or("stdout".to_string(), |f| f.display().to_string());
+    eprintln!(
+        "sluice consume: group {} stream {}: {} events to {to}",
+        opts.group,
+        opts.stream,
+        report.events()
+    );
+    Ok(())
+}
+
+/// Print a consume error and exit: 4 conflict, 2 unsupported format, 1 otherwise.
+fn consume_exit(e: &sluice::consume::ConsumeError) -> ! {
+    use sluice::consume::ConsumeError;
+    eprintln!("sluice consume: {e}");
+    let code = match e {
+        ConsumeError::Conflict(_) => 4,
+        ConsumeError::ParquetNotBuilt | ConsumeError::UnknownFormat(_) => 2,
+        _ => 1,
+    };
+    std::process::exit(code)
+}
+// --- end consume ---
 
 fn keygen(
     id: Option<String>,

@@ -3,11 +3,41 @@
 //! Seqs are dense from 0, so the head is found by galloping (1, 2, 4, 8, …)
 //! to the first missing seq and bisecting back; the log is never listed.
 
+use std::future::Future;
+
 use object_store::ObjectStoreExt;
 
 use super::record::StreamPath;
 use super::retry::retry;
 use super::{Head, Log, LogError};
+
+/// Last index that exists in a dense sequence (0, 1, 2, … with no gaps), or
+/// `None` when index 0 does not: gallop (1, 2, 4, 8, …) to the first missing
+/// index, then bisect back. O(log n) calls of `exists`. Used for the log's
+/// records and for consumer-group checkpoints, which are both dense.
+pub async fn last_dense<E, F, Fut>(mut exists: F) -> Result<Option<u64>, E>
+where
+    F: FnMut(u64) -> Fut,
+    Fut: Future<Output = Result<bool, E>>,
+{
+    if !exists(0).await? {
+        return Ok(None);
+    }
+    let (mut present, mut missing) = (0u64, 1u64);
+    while exists(missing).await? {
+        present = missing;
+        missing = missing.saturating_mul(2);
+    }
+    while missing - present > 1 {
+        let mid = present + (missing - present) / 2;
+        if exists(mid).await? {
+            present = mid;
+        } else {
+            missing = mid;
+        }
+    }
+    Ok(Some(present))
+}
 
 impl Log {
     async fn exists(
@@ -33,23 +63,7 @@ impl Log {
         stream: &StreamPath,
         partition: u32,
     ) -> Result<Option<u64>, LogError> {
-        if !self.exists(stream, partition, 0).await? {
-            return Ok(None);
-        }
-        let (mut present, mut missing) = (0u64, 1u64);
-        while self.exists(stream, partition, missing).await? {
-            present = missing;
-            missing = missing.saturating_mul(2);
-        }
-        while missing - present > 1 {
-            let mid = present + (missing - present) / 2;
-            if self.exists(stream, partition, mid).await? {
-                present = mid;
-            } else {
-                missing = mid;
-            }
-        }
-        Ok(Some(present))
+        last_dense(|seq| self.exists(stream, partition, seq)).await
     }
 
     pub(super) async fn discover(

@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
 use crate::store::Store;
+pub use head::last_dense;
 pub use read::ReadBatch;
 use record::{CommitRecord, StreamPath};
 use retry::{retry, RetryPolicy};

@@ -20,7 +20,7 @@
 use std::collections::HashSet;
 use std::fmt;
 
-use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
 /// A compiled subset schema.
@@ -228,7 +228,13 @@ fn string(m: &Map<String, Value>) -> Option<StringNode> {
     let pattern = match m.get("pattern") {
         None => None,
         Some(p) => {
-            let translated = jsonschema_regex::to_rust_regex(p.as_str()?).ok()?;
+            // Only patterns jsonschema reads as ECMA-262 the same way the
+            // `regex` crate does (fancy-regex parses some others differently).
+            let p = p.as_str()?;
+            if !jsonschema_regex::is_valid_ecma_regex(p) {
+                return None;
+            }
+            let translated = jsonschema_regex::to_rust_regex(p).ok()?;
             Some(regex::Regex::new(&translated).ok()?)
         }
     };
@@ -262,13 +268,18 @@ fn bounds(m: &Map<String, Value>) -> Option<Bounds> {
     })
 }
 
-/// Largest integer an f64 holds exactly.
-const EXACT: f64 = 9_007_199_254_740_992.0;
+/// Integers up to this magnitude convert to f64 exactly (2^53).
+const EXACT: u64 = 1 << 53;
 
-/// A bound, if it is a number f64 compares exactly.
+/// A bound, if f64 compares against it exactly: integers are checked before
+/// the conversion (9007199254740993 would round to 2^53).
 fn exact(v: &Value) -> Option<f64> {
-    let f = v.as_f64()?;
-    (f.abs() <= EXACT).then_some(f)
+    let fits = match (v.as_u64(), v.as_i64()) {
+        (Some(u), _) => u <= EXACT,
+        (None, Some(i)) => i.unsigned_abs() <= EXACT,
+        _ => v.as_f64()?.abs() <= EXACT as f64,
+    };
+    fits.then(|| v.as_f64()).flatten()
 }
 
 impl Bounds {
@@ -290,9 +301,10 @@ impl Bounds {
         self.min.is_some() || self.max.is_some()
     }
 
-    /// An integer checked as f64: only when that is exact or nothing bounds it.
-    fn holds_int(&self, v: f64) -> bool {
-        !self.is_set() || (v.abs() <= EXACT && self.holds(v))
+    /// An integer of magnitude `abs`, checked as f64: only when the
+    /// conversion is exact, or nothing bounds it.
+    fn holds_int(&self, v: f64, abs: u64) -> bool {
+        !self.is_set() || (abs <= EXACT && self.holds(v))
     }
 }
 
@@ -308,9 +320,66 @@ impl<'de> DeserializeSeed<'de> for Check<'_> {
 
     fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
         match self.0 {
-            Node::Any => d.deserialize_ignored_any(IgnoredAny).map(|_| ()),
+            Node::Any => d.deserialize_any(Anything),
             _ => d.deserialize_any(self),
         }
+    }
+}
+
+/// Any value, read the way a `Value` parse reads it (not skipped): strings
+/// are UTF-8- and escape-checked, numbers range-checked, nesting bounded by
+/// serde_json's recursion limit. Bytes a tree parse would refuse never pass.
+struct Anything;
+
+impl<'de> DeserializeSeed<'de> for Anything {
+    type Value = ();
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Anything {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(Anything)?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while map.next_key_seed(Key)?.is_some() {
+            map.next_value_seed(Anything)?;
+        }
+        Ok(())
     }
 }
 
@@ -331,14 +400,14 @@ impl<'de> Visitor<'de> for Check<'_> {
 
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<(), E> {
         match self.0 {
-            Node::Integer(b) | Node::Number(b) if b.holds_int(v as f64) => Ok(()),
+            Node::Integer(b) | Node::Number(b) if b.holds_int(v as f64, v) => Ok(()),
             _ => Err(no()),
         }
     }
 
     fn visit_i64<E: de::Error>(self, v: i64) -> Result<(), E> {
         match self.0 {
-            Node::Integer(b) | Node::Number(b) if b.holds_int(v as f64) => Ok(()),
+            Node::Integer(b) | Node::Number(b) if b.holds_int(v as f64, v.unsigned_abs()) => Ok(()),
             _ => Err(no()),
         }
     }
@@ -346,7 +415,7 @@ impl<'de> Visitor<'de> for Check<'_> {
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<(), E> {
         // A float where an integer is wanted (even 1.0): the full validator decides.
         match self.0 {
-            Node::Number(b) if b.holds(v) => Ok(()),
+            Node::Number(b) if !b.is_set() || (v.abs() <= EXACT as f64 && b.holds(v)) => Ok(()),
             _ => Err(no()),
         }
     }
@@ -355,7 +424,10 @@ impl<'de> Visitor<'de> for Check<'_> {
         let Node::String(s) = self.0 else {
             return Err(no());
         };
-        let length_ok = (s.min == 0 && s.max == usize::MAX) || {
+        // A string has at most one character per byte and at least one per
+        // four: count characters only when the byte length cannot decide.
+        let sure = v.len() <= s.max && v.len() / 4 >= s.min;
+        let length_ok = sure || {
             let n = v.chars().count();
             n >= s.min && n <= s.max
         };
@@ -385,7 +457,11 @@ impl<'de> Visitor<'de> for Check<'_> {
         };
         let mut seen = 0u64;
         while let Some(key) = map.next_key_seed(Key)? {
-            let schema = match o.properties.iter().find(|p| p.name == *key) {
+            let schema = match o
+                .properties
+                .iter()
+                .find(|p| p.name.len() == key.len() && p.name == *key)
+            {
                 Some(p) => {
                     seen |= p.bit;
                     &p.node
@@ -513,6 +589,113 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Bytes a tree parse refuses are refused here too, wherever they hide.
+    #[test]
+    fn malformed_values_never_pass() {
+        let schema = json!({"type": "object", "properties": {"user": {"type": "integer"}}});
+        let fast = Fast::compile(&schema).unwrap();
+        assert!(fast.accepts(br#"{"user":1,"note":"ok"}"#));
+        assert!(
+            !fast.accepts(b"{\"user\":1,\"note\":\"\xff\"}"),
+            "invalid UTF-8"
+        );
+        assert!(
+            !fast.accepts(br#"{"user":1,"note":"\ud800"}"#),
+            "lone surrogate"
+        );
+        assert!(
+            !fast.accepts(br#"{"user":1,"n":1e400}"#),
+            "number out of range"
+        );
+        assert!(!fast.accepts(br#"{"user":1,"deep":{"x":["\udc00"]}}"#));
+        assert!(!fast.accepts_array(b"[{\"user\":1,\"note\":\"\xff\"}]", 10));
+    }
+
+    /// Integer bounds near 2^53 are compared exactly or not at all.
+    #[test]
+    fn bounds_near_two_to_the_53() {
+        let cases = [
+            (
+                json!({"type": "integer", "maximum": 9007199254740992u64}),
+                "9007199254740993",
+            ),
+            (
+                json!({"type": "integer", "minimum": 9007199254740993u64}),
+                "9007199254740992",
+            ),
+            (
+                json!({"type": "number", "minimum": 9007199254740993u64}),
+                "9007199254740992.0",
+            ),
+            (
+                json!({"type": "integer", "maximum": -9007199254740993i64}),
+                "-9007199254740992",
+            ),
+        ];
+        for (schema, value) in cases {
+            let body = format!(r#"{{"v":{value}}}"#);
+            let wrapped = json!({"type": "object", "properties": {"v": schema}});
+            let full = jsonschema::validator_for(&wrapped).unwrap();
+            let parsed: Value = serde_json::from_str(&body).unwrap();
+            let accepted = Fast::compile(&wrapped).is_some_and(|f| f.accepts(body.as_bytes()));
+            assert!(
+                !accepted || full.is_valid(&parsed),
+                "fast path accepted {body} against {wrapped}"
+            );
+        }
+    }
+
+    /// Patterns the fast path keeps match exactly as jsonschema matches them.
+    #[test]
+    fn patterns_agree_with_the_full_validator() {
+        let patterns = [
+            "^u[0-9]{6}$",
+            "a++a",
+            r"^\d{1, 3}(\.\d+)?$",
+            "x{2}{1,3}",
+            "(?x)^[^ a]+$",
+            "^[a-z]+(-[a-z]+)*$",
+            "colou?r",
+            r"^\w+@\w+\.com$",
+            "^.$",
+            "^[^@]+@[^@]+$",
+        ];
+        let values = [
+            "u123456",
+            "aa",
+            "12",
+            "12.5",
+            "xx",
+            "b c",
+            "kebab-case",
+            "color",
+            "a@b.com",
+            "é",
+            "\n",
+            "x@y",
+        ];
+        let mut kept = 0;
+        for p in patterns {
+            let schema =
+                json!({"type": "object", "properties": {"s": {"type": "string", "pattern": p}}});
+            let full = jsonschema::validator_for(&schema).unwrap();
+            let Some(fast) = Fast::compile(&schema) else {
+                continue;
+            };
+            kept += 1;
+            for v in values {
+                let body = serde_json::to_string(&json!({"s": v})).unwrap();
+                let parsed: Value = serde_json::from_str(&body).unwrap();
+                assert_eq!(
+                    fast.accepts(body.as_bytes()),
+                    full.is_valid(&parsed),
+                    "{p:?} on {v:?}"
+                );
+            }
+        }
+        assert!(kept >= 5, "most plain patterns keep the fast path");
     }
 
     #[test]

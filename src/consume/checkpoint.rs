@@ -1,0 +1,212 @@
+//! Consumer-group checkpoints: one dense, create-only sequence per partition.
+//!
+//! Owns the key layout `consumers/{group}/{partition:04}/{seq:020}.json`, its
+//! JSON shape, finding the latest checkpoint (the log's galloping probe,
+//! [`crate::log::last_dense`]) and advancing by creating the next seq
+//! put-if-absent. It never overwrites or deletes a checkpoint, and it does
+//! not read the log or write output (that is [`super`]'s job).
+
+use object_store::path::Path;
+use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use serde::{Deserialize, Serialize};
+
+use super::ConsumeError;
+use crate::log::last_dense;
+use crate::log::record::StreamPath;
+use crate::log::retry::{retry, RetryPolicy};
+use crate::store::Store;
+
+/// The stored form of one checkpoint object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// The next offset the group reads in this partition.
+    pub offset: u64,
+    /// This checkpoint's seq (also its key's file name).
+    pub seq: u64,
+    /// When it was created (RFC 3339, UTC, milliseconds).
+    pub committed_at: String,
+    /// Id of the consumer run that created it.
+    pub consumer: String,
+}
+
+/// Where a group stands in one partition, as read from the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    pub partition: u32,
+    /// Seq the next checkpoint will be created at (0 when there is none).
+    pub next_seq: u64,
+    /// Offset to read from (0 when there is no checkpoint).
+    pub offset: u64,
+}
+
+/// Someone else created the checkpoint this consumer meant to create.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conflict {
+    pub group: String,
+    pub partition: u32,
+    /// The seq that was taken.
+    pub seq: u64,
+}
+
+impl std::fmt::Display for Conflict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "group {} partition {} was advanced by another consumer (checkpoint seq {} taken); \
+             nothing was committed for it: run again to re-read from the new checkpoint",
+            self.group, self.partition, self.seq
+        )
+    }
+}
+
+/// One group's checkpoints in one stream.
+#[derive(Debug, Clone)]
+pub struct Checkpoints {
+    store: Store,
+    policy: RetryPolicy,
+    group: String,
+    base: Path,
+}
+
+impl Checkpoints {
+    /// The group's checkpoints under `stream`. The group name must already be
+    /// valid ([`super::check_name`]).
+    pub fn new(store: Store, policy: RetryPolicy, stream: &StreamPath, group: &str) -> Self {
+        let base = Path::from(format!("{}/consumers/{group}", stream.base().as_ref()));
+        Checkpoints {
+            store,
+            policy,
+            group: group.to_string(),
+            base,
+        }
+    }
+
+    pub fn group(&self) -> &str {
+        &self.group
+    }
+
+    /// Key of checkpoint `seq` of `partition`.
+    pub fn key(&self, partition: u32, seq: u64) -> Path {
+        Path::from(format!(
+            "{}/{partition:04}/{seq:020}.json",
+            self.base.as_ref()
+        ))
+    }
+
+    async fn exists(&self, partition: u32, seq: u64) -> Result<bool, ConsumeError> {
+        let key = self.key(partition, seq);
+        match retry(self.policy, "head_checkpoint", || {
+            self.store.inner.head(&key)
+        })
+        .await
+        {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(source) => Err(ConsumeError::Unavailable {
+                op: "head_checkpoint",
+                source,
+            }),
+        }
+    }
+
+    /// Checkpoint `seq` of `partition`, or `None` when it does not exist.
+    pub async fn get(&self, partition: u32, seq: u64) -> Result<Option<Checkpoint>, ConsumeError> {
+        let key = self.key(partition, seq);
+        let got = retry(self.policy, "get_checkpoint", || async {
+            self.store.inner.get(&key).await?.bytes().await
+        })
+        .await;
+        let body = match got {
+            Ok(b) => b,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(source) => {
+                return Err(ConsumeError::Unavailable {
+                    op: "get_checkpoint",
+                    source,
+                })
+            }
+        };
+        let corrupt = |reason: String| ConsumeError::CorruptCheckpoint {
+            key: key.to_string(),
+            reason,
+        };
+        let cp: Checkpoint = serde_json::from_slice(&body).map_err(|e| corrupt(e.to_string()))?;
+        if cp.seq != seq {
+            return Err(corrupt(format!("holds seq {} under seq {seq}", cp.seq)));
+        }
+        Ok(Some(cp))
+    }
+
+    /// The group's position in `partition`: the latest checkpoint, found in
+    /// O(log n) HEAD requests, then read once.
+    pub async fn position(&self, partition: u32) -> Result<Position, ConsumeError> {
+        let Some(last) = last_dense(|seq| self.exists(partition, seq)).await? else {
+            return Ok(Position {
+                partition,
+                next_seq: 0,
+                offset: 0,
+            });
+        };
+        let cp =
+            self.get(partition, last)
+                .await?
+                .ok_or_else(|| ConsumeError::CorruptCheckpoint {
+                    key: self.key(partition, last).to_string(),
+                    reason: "found by HEAD but not by GET".into(),
+                })?;
+        Ok(Position {
+            partition,
+            next_seq: last + 1,
+            offset: cp.offset,
+        })
+    }
+
+    /// Create the checkpoint after `from` holding `offset`, put-if-absent.
+    ///
+    /// `AlreadyExists` is a lost race ([`ConsumeError::Conflict`]), unless the
+    /// object is this consumer's own earlier attempt (a PUT that landed but
+    /// reported an error), which counts as done.
+    pub async fn advance(
+        &self,
+        from: Position,
+        offset: u64,
+        consumer: &str,
+        committed_at: String,
+    ) -> Result<Checkpoint, ConsumeError> {
+        let cp = Checkpoint {
+            offset,
+            seq: from.next_seq,
+            committed_at,
+            consumer: consumer.to_string(),
+        };
+        let key = self.key(from.partition, cp.seq);
+        let body = serde_json::to_vec(&cp).expect("a checkpoint serialises");
+        let payload = PutPayload::from(body);
+        let put = retry(self.policy, "put_checkpoint", || {
+            let opts = PutOptions {
+                mode: PutMode::Create,
+                ..Default::default()
+            };
+            self.store.inner.put_opts(&key, payload.clone(), opts)
+        })
+        .await;
+        match put {
+            Ok(_) => Ok(cp),
+            Err(object_store::Error::AlreadyExists { .. }) => {
+                let theirs = self.get(from.partition, cp.seq).await?;
+                match theirs {
+                    Some(t) if t.consumer == cp.consumer && t.offset == cp.offset => Ok(t),
+                    _ => Err(ConsumeError::Conflict(Conflict {
+                        group: self.group.clone(),
+                        partition: from.partition,
+                        seq: cp.seq,
+                    })),
+                }
+            }
+            Err(source) => Err(ConsumeError::Unavailable {
+                op: "put_checkpoint",
+                source,
+            }),
+        }
+    }
+}

@@ -1,0 +1,488 @@
+//! Consumer groups (`sluice consume`): batches from a group's checkpoints to
+//! the head, at least once (DESIGN §3).
+//!
+//! Owns the run: find each partition's checkpoint, read the log from there
+//! ([`Log::read`]), write the envelopes out and make them durable, and only
+//! then advance each partition's checkpoint put-if-absent ([`checkpoint`]).
+//! The two halves are separate calls ([`Consumer::read`], [`Consumer::commit`])
+//! so a crash between them re-delivers and never skips. It never writes the
+//! log, and it must not commit a checkpoint before its output is durable.
+
+pub mod checkpoint;
+
+use std::io::Write;
+use std::path::{Path as FsPath, PathBuf};
+
+use object_store::path::Path;
+
+use crate::log::record::StreamPath;
+use crate::log::retry::RetryPolicy;
+use crate::log::{Log, LogError, ReadBatch};
+use crate::store::{Store, StoreError};
+pub use checkpoint::{Checkpoint, Checkpoints, Conflict, Position};
+
+/// Longest group, stream or tenant name accepted (same charset as streams).
+pub const MAX_NAME_LEN: usize = 64;
+
+/// Why a consume run failed. Only [`ConsumeError::Conflict`] means another
+/// consumer of the group moved on; every error leaves the checkpoints of the
+/// partitions it names where they were, so a rerun re-reads (never skips).
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumeError {
+    #[error("{what} name {name:?} is not valid: use 1 to 64 of [A-Za-z0-9._-], not starting with '.' or '-'")]
+    BadName { what: &'static str, name: String },
+    #[error("parquet output is not built yet; use --format ndjson")]
+    ParquetNotBuilt,
+    #[error("unknown output format {0:?}; use ndjson (parquet is not built yet)")]
+    UnknownFormat(String),
+    #[error("store {url:?}: no such directory (nothing has been written there)")]
+    NoStoreDir { url: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot list partitions under {prefix}: {source}")]
+    List {
+        prefix: String,
+        source: object_store::Error,
+    },
+    #[error("object store unavailable during {op}: {source}")]
+    Unavailable {
+        op: &'static str,
+        source: object_store::Error,
+    },
+    #[error("corrupt checkpoint {key}: {reason}")]
+    CorruptCheckpoint { key: String, reason: String },
+    #[error("reading partition {partition}: {source}")]
+    Log { partition: u32, source: LogError },
+    #[error("cannot write the output {path}: {source}; nothing was committed")]
+    Output {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Conflict(Conflict),
+}
+
+/// Output format of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Format {
+    /// One stored envelope line per event, bytes unchanged.
+    #[default]
+    Ndjson,
+    /// Not built yet: rejected before anything is read.
+    Parquet,
+}
+
+impl std::str::FromStr for Format {
+    type Err = ConsumeError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "ndjson" => Ok(Format::Ndjson),
+            "parquet" => Ok(Format::Parquet),
+            other => Err(ConsumeError::UnknownFormat(other.to_string())),
+        }
+    }
+}
+
+/// Where the events go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// The writer given to [`consume`] (the CLI's stdout); flushed before committing.
+    Stdout,
+    /// A new file `{stream}-{group}-{ulid}.ndjson` in this directory, fsynced
+    /// (file and directory) before committing. No events: no file.
+    Dir(PathBuf),
+}
+
+/// One `sluice consume` run.
+#[derive(Debug, Clone)]
+pub struct ConsumeOptions {
+    /// Store URL (`file://`, `s3://`, `memory://`).
+    pub store: String,
+    pub tenant: String,
+    pub stream: String,
+    pub group: String,
+    pub output: Output,
+    pub format: Format,
+    /// Most events in this run, over all partitions (`None`: up to the head).
+    pub max_events: Option<u64>,
+    /// Partitions read at least; more when the bucket holds a higher one.
+    pub partitions: u32,
+}
+
+/// What one partition contributed to a run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionReport {
+    pub partition: u32,
+    pub events: u64,
+    /// Offset read from (the checkpoint's).
+    pub from_offset: u64,
+    /// The new checkpoint's offset (equal to `from_offset` when there were no events).
+    pub next_offset: u64,
+    /// Seq of the checkpoint created, `None` when the partition had no events.
+    pub checkpoint_seq: Option<u64>,
+}
+
+/// What a run consumed and committed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    pub partitions: Vec<PartitionReport>,
+    /// The file written (`Output::Dir` with events).
+    pub file: Option<PathBuf>,
+}
+
+impl Report {
+    pub fn events(&self) -> u64 {
+        self.partitions.iter().map(|p| p.events).sum()
+    }
+}
+
+/// Events read from one partition, not yet committed.
+#[derive(Debug, Clone)]
+pub struct PartitionBatch {
+    /// The checkpoint they were read from.
+    pub from: Position,
+    pub batch: ReadBatch,
+}
+
+/// A read that is not committed: write it out, make it durable, then
+/// [`Consumer::commit`] it. Dropping it commits nothing (re-delivered next run).
+#[derive(Debug, Clone, Default)]
+pub struct Pending {
+    pub partitions: Vec<PartitionBatch>,
+}
+
+impl Pending {
+    pub fn events(&self) -> u64 {
+        let n = self.partitions.iter().map(|p| p.batch.events.len());
+        n.sum::<usize>() as u64
+    }
+
+    /// Every envelope line, newline-terminated, partition by partition.
+    pub fn write_ndjson(&self, out: &mut impl Write) -> std::io::Result<()> {
+        for p in &self.partitions {
+            for line in &p.batch.events {
+                out.write_all(line)?;
+                out.write_all(b"\n")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One consumer of a group in one stream.
+#[derive(Debug)]
+pub struct Consumer {
+    log: Log,
+    stream: StreamPath,
+    checkpoints: Checkpoints,
+    id: String,
+}
+
+/// Reject names that would not be safe key segments.
+pub fn check_name(what: &'static str, name: &str) -> Result<(), ConsumeError> {
+    if crate::names::valid(name, MAX_NAME_LEN) {
+        Ok(())
+    } else {
+        Err(ConsumeError::BadName {
+            what,
+            name: name.to_string(),
+        })
+    }
+}
+
+impl Consumer {
+    /// A consumer of `group` on `tenant`/`stream`. `id` is written into the
+    /// checkpoints it creates; give each run its own (see [`new_consumer_id`]).
+    pub fn new(
+        store: Store,
+        tenant: &str,
+        stream: &str,
+        group: &str,
+        id: impl Into<String>,
+        policy: RetryPolicy,
+    ) -> Result<Self, ConsumeError> {
+        check_name("tenant", tenant)?;
+        check_name("stream", stream)?;
+        check_name("group", group)?;
+        let id = id.into();
+        let log = Log::new(store.clone(), id.clone(), policy);
+        let stream = log.stream(tenant, stream);
+        let checkpoints = Checkpoints::new(store, policy, &stream, group);
+        Ok(Consumer {
+            log,
+            stream,
+            checkpoints,
+            id,
+        })
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn checkpoints(&self) -> &Checkpoints {
+        &self.checkpoints
+    }
+
+    /// At least `at_least`; more when the bucket holds a higher partition.
+    pub async fn partitions(&self, at_least: u32) -> Result<u32, ConsumeError> {
+        let prefix = Path::from(format!("{}/log", self.stream.base().as_ref()));
+        let listed = self
+            .log
+            .store()
+            .inner
+            .list_with_delimiter(Some(&prefix))
+            .await;
+        let listing = match listed {
+            Ok(l) => l,
+            Err(object_store::Error::NotFound { .. }) => return Ok(at_least),
+            Err(source) => {
+                return Err(ConsumeError::List {
+                    prefix: prefix.to_string(),
+                    source,
+                })
+            }
+        };
+        let highest = listing
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.filename()?.parse::<u32>().ok())
+            .max();
+        Ok(highest.map_or(at_least, |h| at_least.max(h.saturating_add(1))))
+    }
+
+    /// Read partitions `0..partitions` from the group's checkpoints towards
+    /// the head, at most `max_events` in all. Commits nothing.
+    pub async fn read(
+        &self,
+        partitions: u32,
+        max_events: Option<u64>,
+    ) -> Result<Pending, ConsumeError> {
+        let mut left = max_events.unwrap_or(u64::MAX);
+        let mut pending = Pending::default();
+        for partition in 0..partitions {
+            if left == 0 {
+                break;
+            }
+            let from = self.checkpoints.position(partition).await?;
+            let limit = usize::try_from(left).unwrap_or(usize::MAX);
+            let batch = self
+                .log
+                .read(&self.stream, partition, from.offset, limit)
+                .await
+                .map_err(|source| ConsumeError::Log { partition, source })?;
+            left -= batch.events.len() as u64;
+            pending.partitions.push(PartitionBatch { from, batch });
+        }
+        Ok(pending)
+    }
+
+    /// Advance the checkpoint of every partition of `pending` that had
+    /// events. Call it only once the output is durable.
+    ///
+    /// A lost race on one partition does not stop the others; the first
+    /// conflict is returned after all were tried (the partitions committed
+    /// are logged).
+    pub async fn commit(&self, pending: &Pending) -> Result<Report, ConsumeError> {
+        let mut report = Report::default();
+        let mut conflict = None;
+        for p in &pending.partitions {
+            let events = p.batch.events.len() as u64;
+            let mut row = PartitionReport {
+                partition: p.from.partition,
+                events,
+                from_offset: p.from.offset,
+                next_offset: p.from.offset,
+                checkpoint_seq: None,
+            };
+            if events > 0 {
+                let next = p.batch.next_offset;
+                match self
+                    .checkpoints
+                    .advance(p.from, next, &self.id, now())
+                    .await
+                {
+                    Ok(cp) => {
+                        row.next_offset = cp.offset;
+                        row.checkpoint_seq = Some(cp.seq);
+                        tracing::info!(
+                            group = self.checkpoints.group(),
+                            partition = p.from.partition,
+                            seq = cp.seq,
+                            offset = cp.offset,
+                            "checkpoint advanced"
+                        );
+                    }
+                    Err(ConsumeError::Conflict(c)) => {
+                        conflict.get_or_insert(c);
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            report.partitions.push(row);
+        }
+        match conflict {
+            Some(c) => Err(ConsumeError::Conflict(c)),
+            None => Ok(report),
+        }
+    }
+}
+
+/// A fresh consumer id for one run: `consume-{ulid}`.
+pub fn new_consumer_id() -> String {
+    format!("consume-{}", ulid::Ulid::new())
+}
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// Write `pending` to a new file in `dir` and make it durable: write a
+/// hidden temporary file, fsync it, rename it, fsync the directory.
+/// Blocking I/O: it runs once per run, on the CLI's runtime, before the commit.
+pub fn write_file(
+    pending: &Pending,
+    dir: &FsPath,
+    stream: &str,
+    group: &str,
+) -> Result<PathBuf, ConsumeError> {
+    let name = format!("{stream}-{group}-{}.ndjson", ulid::Ulid::new());
+    let path = dir.join(&name);
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let io = |source| ConsumeError::Output {
+        path: path.display().to_string(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let file = std::fs::File::create(&tmp).map_err(io)?;
+    let mut out = std::io::BufWriter::new(file);
+    pending.write_ndjson(&mut out).map_err(io)?;
+    let file = out.into_inner().map_err(|e| io(e.into_error()))?;
+    file.sync_all().map_err(io)?;
+    std::fs::rename(&tmp, &path).map_err(io)?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io)?;
+    Ok(path)
+}
+
+/// Open the store `opts.store` names, without creating a missing local directory.
+pub async fn open_store(url: &str) -> Result<Store, ConsumeError> {
+    if let Some(dir) = url.strip_prefix("file://").filter(|d| !d.is_empty()) {
+        if !FsPath::new(dir).is_dir() {
+            return Err(ConsumeError::NoStoreDir {
+                url: url.to_string(),
+            });
+        }
+    }
+    let store = Store::open(url)?;
+    store.check(url).await?;
+    Ok(store)
+}
+
+/// One run: read from the checkpoints, write the output (`Output::Stdout`
+/// goes to `stdout`), make it durable, then advance the checkpoints.
+pub async fn consume(
+    opts: &ConsumeOptions,
+    stdout: &mut impl Write,
+) -> Result<Report, ConsumeError> {
+    if opts.format == Format::Parquet {
+        return Err(ConsumeError::ParquetNotBuilt);
+    }
+    check_name("group", &opts.group)?;
+    check_name("stream", &opts.stream)?;
+    check_name("tenant", &opts.tenant)?;
+    let store = open_store(&opts.store).await?;
+    let consumer = Consumer::new(
+        store,
+        &opts.tenant,
+        &opts.stream,
+        &opts.group,
+        new_consumer_id(),
+        RetryPolicy::default(),
+    )?;
+    let partitions = consumer.partitions(opts.partitions).await?;
+    let pending = consumer.read(partitions, opts.max_events).await?;
+    let file = match &opts.output {
+        Output::Stdout => {
+            let io = |source| ConsumeError::Output {
+                path: "stdout".into(),
+                source,
+            };
+            pending.write_ndjson(stdout).map_err(io)?;
+            stdout.flush().map_err(io)?;
+            None
+        }
+        Output::Dir(_) if pending.events() == 0 => None,
+        Output::Dir(dir) => Some(write_file(&pending, dir, &opts.stream, &opts.group)?),
+    };
+    let mut report = consumer.commit(&pending).await?;
+    report.file = file;
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_formats() {
+        assert!(check_name("group", "billing-v2").is_ok());
+        assert!(matches!(
+            check_name("group", "../x"),
+            Err(ConsumeError::BadName { what: "group", .. })
+        ));
+        assert_eq!("ndjson".parse::<Format>().unwrap(), Format::Ndjson);
+        assert_eq!("parquet".parse::<Format>().unwrap(), Format::Parquet);
+        assert!("csv".parse::<Format>().is_err());
+    }
+
+    #[test]
+    fn conflict_message_names_group_partition_and_seq() {
+        let c = Conflict {
+            group: "g".into(),
+            partition: 3,
+            seq: 7,
+        };
+        assert_eq!(
+            ConsumeError::Conflict(c).to_string(),
+            "group g partition 3 was advanced by another consumer (checkpoint seq 7 taken); \
+             nothing was committed for it: run again to re-read from the new checkpoint"
+        );
+    }
+
+    #[test]
+    fn checkpoint_keys_follow_the_layout() {
+        let store = Store::from_parts(
+            std::sync::Arc::new(object_store::memory::InMemory::new()),
+            "root",
+            crate::store::StoreKind::Memory,
+        );
+        let stream = StreamPath::new(&store.root, "default", "clicks");
+        let cps = Checkpoints::new(store, RetryPolicy::default(), &stream, "g1");
+        assert_eq!(
+            cps.key(2, 42).as_ref(),
+            "root/default/clicks/consumers/g1/0002/00000000000000000042.json"
+        );
+    }
+
+    #[tokio::test]
+    async fn position_finds_the_latest_of_many() {
+        let store = Store::from_parts(
+            std::sync::Arc::new(object_store::memory::InMemory::new()),
+            "",
+            crate::store::StoreKind::Memory,
+        );
+        let stream = StreamPath::new(&store.root, "default", "clicks");
+        let cps = Checkpoints::new(store, RetryPolicy::default(), &stream, "g");
+        let mut pos = cps.position(0).await.unwrap();
+        assert_eq!((pos.next_seq, pos.offset), (0, 0));
+        for i in 0..37u64 {
+            cps.advance(pos, i * 10 + 5, "c", now()).await.unwrap();
+            pos = cps.position(0).await.unwrap();
+            assert_eq!((pos.next_seq, pos.offset), (i + 1, i * 10 + 5));
+        }
+        assert_eq!(cps.position(1).await.unwrap().offset, 0);
+    }
+}
