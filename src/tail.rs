@@ -18,8 +18,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use object_store::path::Path;
-use object_store::ObjectStore;
 use serde::de::IgnoredAny;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -706,29 +704,10 @@ impl StoreReader {
 
     /// At least `at_least`; more when the bucket holds a higher partition.
     async fn partitions(&self, at_least: u32) -> Result<u32, TailError> {
-        let prefix = Path::from(format!("{}/log", self.path.base().as_ref()));
-        let listed = self
-            .log
-            .store()
-            .inner
-            .list_with_delimiter(Some(&prefix))
-            .await;
-        let listing = match listed {
-            Ok(l) => l,
-            Err(object_store::Error::NotFound { .. }) => return Ok(at_least),
-            Err(source) => {
-                return Err(TailError::List {
-                    prefix: prefix.to_string(),
-                    source,
-                })
-            }
-        };
-        let highest = listing
-            .common_prefixes
-            .iter()
-            .filter_map(|p| p.filename()?.parse::<u32>().ok())
-            .max();
-        Ok(highest.map_or(at_least, |h| at_least.max(h.saturating_add(1))))
+        self.log
+            .partitions(&self.path, at_least)
+            .await
+            .map_err(|(prefix, source)| TailError::List { prefix, source })
     }
 
     async fn head(&self, partition: u32) -> Result<Head, Failure> {

@@ -137,15 +137,11 @@ impl Checkpoints {
         Ok(Some(cp))
     }
 
-    /// The group's position in `partition`: the latest checkpoint, found in
-    /// O(log n) HEAD requests, then read once.
-    pub async fn position(&self, partition: u32) -> Result<Position, ConsumeError> {
+    /// The latest checkpoint of `partition` (`None`: there is none), found
+    /// in O(log n) HEAD requests, then read once.
+    pub async fn latest(&self, partition: u32) -> Result<Option<Checkpoint>, ConsumeError> {
         let Some(last) = last_dense(|seq| self.exists(partition, seq)).await? else {
-            return Ok(Position {
-                partition,
-                next_seq: 0,
-                offset: 0,
-            });
+            return Ok(None);
         };
         let cp =
             self.get(partition, last)
@@ -154,10 +150,16 @@ impl Checkpoints {
                     key: self.key(partition, last).to_string(),
                     reason: "found by HEAD but not by GET".into(),
                 })?;
+        Ok(Some(cp))
+    }
+
+    /// The group's position in `partition`, from [`Checkpoints::latest`].
+    pub async fn position(&self, partition: u32) -> Result<Position, ConsumeError> {
+        let latest = self.latest(partition).await?;
         Ok(Position {
             partition,
-            next_seq: last + 1,
-            offset: cp.offset,
+            next_seq: latest.as_ref().map_or(0, |cp| cp.seq + 1),
+            offset: latest.map_or(0, |cp| cp.offset),
         })
     }
 

@@ -7,13 +7,14 @@
 //! The two halves are separate calls ([`Consumer::read`], [`Consumer::commit`])
 //! so a crash between them re-delivers and never skips. It never writes the
 //! log, and it must not commit a checkpoint before its output is durable.
+//! The same checkpoints over HTTP are [`routes`].
 
 pub mod checkpoint;
+pub mod routes;
 
 use std::io::Write;
 use std::path::{Path as FsPath, PathBuf};
 
-use object_store::path::Path;
 
 use crate::log::record::StreamPath;
 use crate::log::retry::RetryPolicy;
@@ -226,29 +227,10 @@ impl Consumer {
 
     /// At least `at_least`; more when the bucket holds a higher partition.
     pub async fn partitions(&self, at_least: u32) -> Result<u32, ConsumeError> {
-        let prefix = Path::from(format!("{}/log", self.stream.base().as_ref()));
-        let listed = self
-            .log
-            .store()
-            .inner
-            .list_with_delimiter(Some(&prefix))
-            .await;
-        let listing = match listed {
-            Ok(l) => l,
-            Err(object_store::Error::NotFound { .. }) => return Ok(at_least),
-            Err(source) => {
-                return Err(ConsumeError::List {
-                    prefix: prefix.to_string(),
-                    source,
-                })
-            }
-        };
-        let highest = listing
-            .common_prefixes
-            .iter()
-            .filter_map(|p| p.filename()?.parse::<u32>().ok())
-            .max();
-        Ok(highest.map_or(at_least, |h| at_least.max(h.saturating_add(1))))
+        self.log
+            .partitions(&self.stream, at_least)
+            .await
+            .map_err(|(prefix, source)| ConsumeError::List { prefix, source })
     }
 
     /// Read partitions `0..partitions` from the group's checkpoints towards
@@ -334,7 +316,8 @@ pub fn new_consumer_id() -> String {
     format!("consume-{}", ulid::Ulid::new())
 }
 
-fn now() -> String {
+/// Now, as checkpoints record it (RFC 3339, UTC, milliseconds).
+pub(crate) fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 

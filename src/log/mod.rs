@@ -227,6 +227,28 @@ impl Log {
         .map(|_| ())
     }
 
+    /// How many partitions `stream` has in the store: at least `at_least`,
+    /// more when `log/` holds a higher one. One listing of `log/`; the
+    /// error names what was listed.
+    pub async fn partitions(
+        &self,
+        stream: &StreamPath,
+        at_least: u32,
+    ) -> Result<u32, (String, object_store::Error)> {
+        let prefix = object_store::path::Path::from(format!("{}/log", stream.base().as_ref()));
+        let listing = match self.store.inner.list_with_delimiter(Some(&prefix)).await {
+            Ok(l) => l,
+            Err(object_store::Error::NotFound { .. }) => return Ok(at_least),
+            Err(source) => return Err((prefix.to_string(), source)),
+        };
+        let highest = listing
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.filename()?.parse::<u32>().ok())
+            .max();
+        Ok(highest.map_or(at_least, |h| at_least.max(h.saturating_add(1))))
+    }
+
     /// The record at `seq`, or `None` when it does not exist (yet).
     pub async fn record(
         &self,

@@ -16,7 +16,7 @@ use object_store::ObjectStoreExt;
 use super::App;
 use crate::auth::{self, Action};
 use crate::error::Problem;
-use crate::{ingest, read};
+use crate::{consume, ingest, read};
 
 /// Route labels: a fixed vocabulary, never the raw path.
 fn route_label(method: &Method, path: &str) -> &'static str {
@@ -24,6 +24,7 @@ fn route_label(method: &Method, path: &str) -> &'static str {
         (_, "/healthz") => "healthz",
         (_, "/readyz") => "readyz",
         (_, "/metrics") => "metrics",
+        (_, p) if p.starts_with("/v1/streams/") && p.contains("/consumers/") => "consumers",
         (&Method::POST, p) if p.starts_with("/v1/streams/") => "ingest",
         (&Method::GET, p) if p.starts_with("/v1/streams/") && p.ends_with("/events") => "read",
         (&Method::GET, p) if p.starts_with("/v1/streams/") && p.ends_with("/ws") => "ws_ingest",
@@ -102,7 +103,19 @@ async fn dispatch(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Bod
             let g = grant(Action::Read, Some(stream))?;
             read::routes::describe(app, &g, stream).await
         }
+        (&Method::GET, ["v1", "streams", stream, "consumers", group]) => {
+            let g = grant(Action::Read, Some(stream))?;
+            consume::routes::describe(app, &g, stream, group).await
+        }
+        (&Method::POST, ["v1", "streams", stream, "consumers", group, "commit"]) => {
+            let g = grant(Action::Read, Some(stream))?;
+            consume::routes::commit(app, &g, stream, group, req).await
+        }
         (_, ["v1", "streams", _, "events"])
+        | (
+            _,
+            ["v1", "streams", _, "consumers", _] | ["v1", "streams", _, "consumers", _, "commit"],
+        )
         | (_, ["v1", "streams"] | ["v1", "streams", _])
         | (_, ["healthz" | "readyz" | "metrics"]) => Err(Problem::new(
             StatusCode::METHOD_NOT_ALLOWED,
