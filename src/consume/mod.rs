@@ -15,7 +15,6 @@ pub mod routes;
 use std::io::Write;
 use std::path::{Path as FsPath, PathBuf};
 
-
 use crate::log::record::StreamPath;
 use crate::log::retry::RetryPolicy;
 use crate::log::{Log, LogError, ReadBatch};
