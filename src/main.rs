@@ -121,9 +121,10 @@ enum Command {
         /// ndjson (stored envelope lines, bytes unchanged); parquet is not built yet.
         #[arg(long, default_value = "ndjson")]
         format: String,
-        /// Most events this run, over all partitions (default: up to the head).
-        #[arg(long)]
-        max_events: Option<u64>,
+        /// Most events this run, over all partitions: bounds the run's memory
+        /// (the events are held until the output is written); run again for the rest.
+        #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+        max_events: u64,
         /// Partitions read at least (more when the bucket holds a higher one).
         #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=9999))]
         partitions: u32,
@@ -234,7 +235,7 @@ fn main() -> anyhow::Result<()> {
                 group,
                 output,
                 format: format.parse().unwrap_or_else(|e| consume_exit(&e)),
-                max_events,
+                max_events: Some(max_events),
                 partitions,
             };
             runtime.block_on(consume(opts))
