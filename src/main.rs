@@ -269,6 +269,18 @@ async fn consume(opts: sluice::consume::ConsumeOptions) -> anyhow::Result<()> {
         opts.stream,
         report.events()
     );
+    for (partition, error) in &report.failures {
+        eprintln!("sluice consume: partition {partition}: checkpoint not written: {error}");
+    }
+    for c in &report.conflicts {
+        eprintln!("sluice consume: {c}");
+    }
+    if !report.conflicts.is_empty() || !report.failures.is_empty() {
+        // Other partitions may have advanced: their events exist only in
+        // this output now.
+        eprintln!("sluice consume: keep the output: the partitions listed above as advanced have moved past it");
+        std::process::exit(if report.conflicts.is_empty() { 1 } else { 4 });
+    }
     Ok(())
 }
 

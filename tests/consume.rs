@@ -418,3 +418,20 @@ async fn cli_conflict_exits_4() {
     let pos = c.checkpoints().position(0).await.unwrap();
     assert_eq!((pos.next_seq, pos.offset), (0, 0));
 }
+
+/// A small budget is shared: a busy partition 0 does not starve partition 3,
+/// and what a quiet partition leaves goes to the busy one.
+#[tokio::test]
+async fn max_events_is_shared_across_partitions() {
+    let store = common::gateway::memory();
+    let log = Log::new(store.clone(), "w", policy());
+    let s = log.stream("default", "clicks");
+    let busy = append(&log, &s, 0, "busy", 10).await;
+    let quiet = append(&log, &s, 3, "quiet", 1).await;
+    let c = consumer(store, "c1");
+    let pending = c.read(4, Some(4)).await.unwrap();
+    let got = events_of(&pending);
+    assert_eq!(got.len(), 4);
+    assert!(got.contains(&quiet[0]), "partition 3 was starved: {got:?}");
+    assert_eq!(got.iter().filter(|e| busy.contains(e)).count(), 3);
+}

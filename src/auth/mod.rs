@@ -79,6 +79,11 @@ impl Key {
         self.streams.iter().any(|p| keys::glob(p, stream))
     }
 
+    /// A browser key (it names origins): its key ships inside web pages.
+    pub fn is_browser_key(&self) -> bool {
+        !self.origins.is_empty()
+    }
+
     fn allows_origin(&self, origin: &str) -> bool {
         origin_allowed(&self.origins, origin)
     }

@@ -128,6 +128,11 @@ pub struct Report {
     pub partitions: Vec<PartitionReport>,
     /// The file written (`Output::Dir` with events).
     pub file: Option<PathBuf>,
+    /// Partitions another consumer advanced first: their events are in the
+    /// output but their checkpoints did not move (the next run re-reads them).
+    pub conflicts: Vec<Conflict>,
+    /// Partitions whose checkpoint could not be written (store errors).
+    pub failures: Vec<(u32, String)>,
 }
 
 impl Report {
@@ -234,6 +239,10 @@ impl Consumer {
 
     /// Read partitions `0..partitions` from the group's checkpoints towards
     /// the head, at most `max_events` in all. Commits nothing.
+    ///
+    /// The budget is shared: each partition first takes at most an even
+    /// share of what is left, then what the quieter ones did not use goes to
+    /// the busier ones, so a busy partition 0 cannot starve the others.
     pub async fn read(
         &self,
         partitions: u32,
@@ -241,21 +250,43 @@ impl Consumer {
     ) -> Result<Pending, ConsumeError> {
         let mut left = max_events.unwrap_or(u64::MAX);
         let mut pending = Pending::default();
+        let mut full = Vec::new();
         for partition in 0..partitions {
+            let share = left.div_ceil(u64::from(partitions - partition));
+            let from = self.checkpoints.position(partition).await?;
+            let batch = self.read_from(partition, from.offset, share).await?;
+            left -= batch.events.len() as u64;
+            if share > 0 && batch.events.len() as u64 == share {
+                full.push(pending.partitions.len());
+            }
+            pending.partitions.push(PartitionBatch { from, batch });
+        }
+        for i in full {
             if left == 0 {
                 break;
             }
-            let from = self.checkpoints.position(partition).await?;
-            let limit = usize::try_from(left).unwrap_or(usize::MAX);
-            let batch = self
-                .log
-                .read(&self.stream, partition, from.offset, limit)
-                .await
-                .map_err(|source| ConsumeError::Log { partition, source })?;
-            left -= batch.events.len() as u64;
-            pending.partitions.push(PartitionBatch { from, batch });
+            let p = &mut pending.partitions[i];
+            let more = self
+                .read_from(p.from.partition, p.batch.next_offset, left)
+                .await?;
+            left -= more.events.len() as u64;
+            p.batch.next_offset = more.next_offset;
+            p.batch.events.extend(more.events);
         }
         Ok(pending)
+    }
+
+    async fn read_from(
+        &self,
+        partition: u32,
+        offset: u64,
+        max: u64,
+    ) -> Result<ReadBatch, ConsumeError> {
+        let limit = usize::try_from(max).unwrap_or(usize::MAX);
+        self.log
+            .read(&self.stream, partition, offset, limit)
+            .await
+            .map_err(|source| ConsumeError::Log { partition, source })
     }
 
     /// Advance the checkpoint of every partition of `pending` that had
@@ -265,8 +296,18 @@ impl Consumer {
     /// conflict is returned after all were tried (the partitions committed
     /// are logged).
     pub async fn commit(&self, pending: &Pending) -> Result<Report, ConsumeError> {
+        let report = self.commit_all(pending).await;
+        if let Some(c) = report.conflicts.first() {
+            return Err(ConsumeError::Conflict(c.clone()));
+        }
+        Ok(report)
+    }
+
+    /// Try every partition's checkpoint and say what happened to each:
+    /// advanced (`partitions`), lost to another consumer (`conflicts`), or
+    /// not written (`failures`).
+    pub async fn commit_all(&self, pending: &Pending) -> Report {
         let mut report = Report::default();
-        let mut conflict = None;
         for p in &pending.partitions {
             let events = p.batch.events.len() as u64;
             let mut row = PartitionReport {
@@ -295,18 +336,18 @@ impl Consumer {
                         );
                     }
                     Err(ConsumeError::Conflict(c)) => {
-                        conflict.get_or_insert(c);
+                        report.conflicts.push(c);
                         continue;
                     }
-                    Err(e) => return Err(e),
+                    Err(e) => {
+                        report.failures.push((p.from.partition, e.to_string()));
+                        continue;
+                    }
                 }
             }
             report.partitions.push(row);
         }
-        match conflict {
-            Some(c) => Err(ConsumeError::Conflict(c)),
-            None => Ok(report),
-        }
+        report
     }
 }
 
@@ -394,14 +435,28 @@ pub async fn consume(
             };
             pending.write_ndjson(stdout).map_err(io)?;
             stdout.flush().map_err(io)?;
+            sync_stdout();
             None
         }
         Output::Dir(_) if pending.events() == 0 => None,
         Output::Dir(dir) => Some(write_file(&pending, dir, &opts.stream, &opts.group)?),
     };
-    let mut report = consumer.commit(&pending).await?;
+    let mut report = consumer.commit_all(&pending).await;
     report.file = file;
     Ok(report)
+}
+
+/// When stdout is a file (`> batch.ndjson`), put it on disk before the
+/// checkpoints move. A pipe cannot be synced: the reader owns durability.
+fn sync_stdout() {
+    if let Ok(f) = std::fs::OpenOptions::new().write(true).open("/dev/stdout") {
+        let regular = f.metadata().is_ok_and(|m| m.is_file());
+        if regular {
+            if let Err(e) = f.sync_all() {
+                tracing::warn!(error = %e, "cannot fsync stdout");
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -153,6 +153,14 @@ pub async fn commit(
     group: &str,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Problem> {
+    if grant.key.as_ref().is_some_and(|k| k.is_browser_key()) {
+        return Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            "forbidden-scope",
+            "Forbidden",
+            "a browser key (one with origins) cannot move a consumer group's checkpoints: its key is visible in web pages",
+        ));
+    }
     let g = group_of(app, grant, stream, group)?;
     let body = read_body(app, req).await?;
     let rows: CommitBody = serde_json::from_slice(&body).map_err(|e| {

@@ -24,7 +24,7 @@ fn route_label(method: &Method, path: &str) -> &'static str {
         (_, "/healthz") => "healthz",
         (_, "/readyz") => "readyz",
         (_, "/metrics") => "metrics",
-        (_, p) if p.starts_with("/v1/streams/") && p.contains("/consumers/") => "consumers",
+        (_, p) if is_consumers_path(p) => "consumers",
         (&Method::POST, p) if p.starts_with("/v1/streams/") => "ingest",
         (&Method::GET, p) if p.starts_with("/v1/streams/") && p.ends_with("/events") => "read",
         (&Method::GET, p) if p.starts_with("/v1/streams/") && p.ends_with("/ws") => "ws_ingest",
@@ -35,6 +35,19 @@ fn route_label(method: &Method, path: &str) -> &'static str {
         (&Method::OPTIONS, _) => "preflight",
         _ => "other",
     }
+}
+
+/// `/v1/streams/{stream}/consumers/{group}[/commit]`, by segment (a stream
+/// may itself be called `consumers`).
+fn is_consumers_path(path: &str) -> bool {
+    let mut s = path.trim_start_matches('/').split('/');
+    s.next() == Some("v1")
+        && s.next() == Some("streams")
+        && s.next().is_some()
+        && s.next() == Some("consumers")
+        && s.next().is_some()
+        && matches!(s.next(), None | Some("commit"))
+        && s.next().is_none()
 }
 
 /// The in-flight gauge, registered once (it is touched twice per request).
