@@ -182,7 +182,10 @@ impl Checkpoints {
             consumer: consumer.to_string(),
         };
         let key = self.key(from.partition, cp.seq);
-        let body = serde_json::to_vec(&cp).expect("a checkpoint serialises");
+        let body = serde_json::to_vec(&cp).map_err(|e| ConsumeError::CorruptCheckpoint {
+            key: key.to_string(),
+            reason: format!("cannot serialise the checkpoint: {e}"),
+        })?;
         let payload = PutPayload::from(body);
         let put = retry(self.policy, "put_checkpoint", || {
             let opts = PutOptions {
