@@ -17,11 +17,13 @@ use sluice::log::retry::RetryPolicy;
 use sluice::log::segment::{ReceivedAt, Segment, SegmentBuilder};
 use sluice::log::{Log, LogError};
 
+/// Short backoffs keep fault tests quick; the deadline leaves room for a
+/// slow fsync on a busy machine (an operation cut off by it fails the test).
 fn fast_policy() -> RetryPolicy {
     RetryPolicy {
         initial: Duration::from_millis(5),
         max: Duration::from_millis(20),
-        deadline: Duration::from_millis(300),
+        deadline: Duration::from_secs(2),
     }
 }
 
