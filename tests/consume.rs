@@ -435,3 +435,42 @@ async fn max_events_is_shared_across_partitions() {
     assert!(got.contains(&quiet[0]), "partition 3 was starved: {got:?}");
     assert_eq!(got.iter().filter(|e| busy.contains(e)).count(), 3);
 }
+
+/// A checkpoint past the log's head (the log was reset under the group) is
+/// an error naming it, never a silent skip.
+#[tokio::test]
+async fn a_checkpoint_past_the_head_is_refused() {
+    use object_store::ObjectStoreExt;
+    let store = common::gateway::memory();
+    let log = Log::new(store.clone(), "w", policy());
+    let s = log.stream("default", "clicks");
+    append(&log, &s, 0, "a", 2).await;
+    let c = consumer(store.clone(), "c1");
+    let pending = c.read(1, None).await.unwrap();
+    c.commit(&pending).await.unwrap();
+    // The log is reset: a fresh store holding only the group's checkpoint.
+    let fresh = common::gateway::memory();
+    let cps = "default/clicks/consumers/g1/0000/00000000000000000000.json";
+    let body = store
+        .inner
+        .get(&object_store::path::Path::from(cps))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    fresh
+        .inner
+        .put(&object_store::path::Path::from(cps), body.into())
+        .await
+        .unwrap();
+    let again = consumer(fresh, "c2");
+    match again.read(1, None).await {
+        Err(ConsumeError::AheadOfLog {
+            partition: 0,
+            offset: 2,
+            head: 0,
+        }) => {}
+        other => panic!("expected AheadOfLog, got {:?}", other.map(|p| p.events())),
+    }
+}

@@ -49,6 +49,12 @@ pub enum ConsumeError {
         op: &'static str,
         source: object_store::Error,
     },
+    #[error("group checkpoint of partition {partition} is at offset {offset}, past the log's head {head}: was the log reset under it? nothing was read (remove the group's checkpoints to start over)")]
+    AheadOfLog {
+        partition: u32,
+        offset: u64,
+        head: u64,
+    },
     #[error("corrupt checkpoint {key}: {reason}")]
     CorruptCheckpoint { key: String, reason: String },
     #[error("reading partition {partition}: {source}")]
@@ -254,6 +260,7 @@ impl Consumer {
         for partition in 0..partitions {
             let share = left.div_ceil(u64::from(partitions - partition));
             let from = self.checkpoints.position(partition).await?;
+            self.check_behind_head(partition, from.offset).await?;
             let batch = self.read_from(partition, from.offset, share).await?;
             left -= batch.events.len() as u64;
             if share > 0 && batch.events.len() as u64 == share {
@@ -274,6 +281,27 @@ impl Consumer {
             p.batch.events.extend(more.events);
         }
         Ok(pending)
+    }
+
+    /// A checkpoint past the head means the log was reset or restored under
+    /// the group: reading would silently skip, so refuse.
+    async fn check_behind_head(&self, partition: u32, offset: u64) -> Result<(), ConsumeError> {
+        if offset == 0 {
+            return Ok(());
+        }
+        let head = self
+            .log
+            .head(&self.stream, partition)
+            .await
+            .map_err(|source| ConsumeError::Log { partition, source })?;
+        match offset > head.next_offset {
+            true => Err(ConsumeError::AheadOfLog {
+                partition,
+                offset,
+                head: head.next_offset,
+            }),
+            false => Ok(()),
+        }
     }
 
     async fn read_from(

@@ -41,6 +41,12 @@ impl From<ConsumeError> for Problem {
             | ConsumeError::List { .. }
             | ConsumeError::Log { .. }
             | ConsumeError::Store(_) => Problem::unavailable("store-unavailable", detail),
+            ConsumeError::AheadOfLog { .. } => Problem::new(
+                StatusCode::CONFLICT,
+                "checkpoint-ahead-of-log",
+                "Checkpoint ahead of the log",
+                detail,
+            ),
             ConsumeError::CorruptCheckpoint { .. }
             | ConsumeError::ParquetNotBuilt
             | ConsumeError::UnknownFormat(_)
@@ -91,10 +97,19 @@ struct Group {
     partitions: u32,
 }
 
-fn group_of(app: &App, grant: &Grant, stream: &str, group: &str) -> Result<Group, Problem> {
-    let partitions = grant.stream(stream)?.partitions;
+/// The group's place. Partitions: the stream's configured count, or more
+/// when the bucket holds a higher one (as `sluice consume` counts them).
+async fn group_of(app: &App, grant: &Grant, stream: &str, group: &str) -> Result<Group, Problem> {
+    let configured = grant.stream(stream)?.partitions;
     check_name("group", group)?;
     let path = app.log.stream(&grant.tenant.name, stream);
+    let partitions = app
+        .log
+        .partitions(&path, configured)
+        .await
+        .map_err(|(prefix, e)| {
+            Problem::unavailable("store-unavailable", format!("cannot list {prefix}: {e}"))
+        })?;
     let policy = RetryPolicy {
         deadline: app.config.batch.store_retry(),
         ..RetryPolicy::default()
@@ -121,7 +136,7 @@ pub async fn describe(
     stream: &str,
     group: &str,
 ) -> Result<Response<Body>, Problem> {
-    let g = group_of(app, grant, stream, group)?;
+    let g = group_of(app, grant, stream, group).await?;
     let mut rows = Vec::with_capacity(g.partitions as usize);
     for partition in 0..g.partitions {
         let cp = g.checkpoints.latest(partition).await?;
@@ -161,7 +176,7 @@ pub async fn commit(
             "a browser key (one with origins) cannot move a consumer group's checkpoints: its key is visible in web pages",
         ));
     }
-    let g = group_of(app, grant, stream, group)?;
+    let g = group_of(app, grant, stream, group).await?;
     let body = read_body(app, req).await?;
     let rows: CommitBody = serde_json::from_slice(&body).map_err(|e| {
         bad_commit(format!(
