@@ -163,14 +163,13 @@ pub async fn ingest_bytes(
     };
     if let Some(rx) = letters_rx {
         wait_for_ack(app, rx, deadline).await.map_err(|mut p| {
-            p.detail = format!(
-                "the valid events were committed{}, but their dead letters were not: {}",
-                ack.map_or(String::new(), |a| format!(
-                    " (partition {}, first offset {})",
-                    a.partition, a.first_offset
-                )),
-                p.detail
-            );
+            p.detail = match ack {
+                Some(a) => format!(
+                    "the valid events were committed (partition {}, first offset {}), but their dead letters were not: {}",
+                    a.partition, a.first_offset, p.detail
+                ),
+                None => format!("the dead letters were not committed: {}", p.detail),
+            };
             p
         })?;
     }
