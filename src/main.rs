@@ -125,6 +125,10 @@ enum Command {
         /// (the events are held until the output is written); run again for the rest.
         #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
         max_events: u64,
+        /// About the most bytes of events this run holds (at least one event
+        /// still comes through): the memory bound whatever the event sizes.
+        #[arg(long, default_value_t = 256 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..))]
+        max_bytes: u64,
         /// Partitions read at least (more when the bucket holds a higher one).
         #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=9999))]
         partitions: u32,
@@ -222,6 +226,7 @@ fn main() -> anyhow::Result<()> {
             out,
             format,
             max_events,
+            max_bytes,
             partitions,
         } => {
             let output = match out.as_str() {
@@ -236,6 +241,7 @@ fn main() -> anyhow::Result<()> {
                 output,
                 format: format.parse().unwrap_or_else(|e| consume_exit(&e)),
                 max_events: Some(max_events),
+                max_bytes,
                 partitions,
             };
             runtime.block_on(consume(opts))

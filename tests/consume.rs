@@ -266,6 +266,7 @@ async fn own_checkpoint_found_again_is_not_a_conflict() {
 
 fn opts(dir: &std::path::Path, output: Output) -> ConsumeOptions {
     ConsumeOptions {
+        max_bytes: u64::MAX,
         store: format!("file://{}", dir.display()),
         tenant: "default".into(),
         stream: "clicks".into(),
@@ -473,4 +474,25 @@ async fn a_checkpoint_past_the_head_is_refused() {
         }) => {}
         other => panic!("expected AheadOfLog, got {:?}", other.map(|p| p.events())),
     }
+}
+
+/// A byte budget bounds a run whatever the event sizes; at least one event
+/// still comes through, and the rest comes next run, none skipped.
+#[tokio::test]
+async fn max_bytes_bounds_a_run() {
+    let store = common::gateway::memory();
+    let log = Log::new(store.clone(), "w", policy());
+    let s = log.stream("default", "clicks");
+    let all = append(&log, &s, 0, "big", 10).await;
+    let c = consumer(store.clone(), "c1").with_max_bytes(1);
+    let mut got = Vec::new();
+    for _ in 0..10 {
+        let pending = c.read(1, None).await.unwrap();
+        let batch = events_of(&pending);
+        assert_eq!(batch.len(), 1, "one event per run under a tiny budget");
+        got.extend(batch);
+        c.commit(&pending).await.unwrap();
+    }
+    assert_eq!(got, all);
+    assert!(events_of(&c.read(1, None).await.unwrap()).is_empty());
 }

@@ -344,6 +344,7 @@ async fn tenants_are_isolated_and_writers_cannot_consume() {
 
 fn opts(dir: &std::path::Path) -> ConsumeOptions {
     ConsumeOptions {
+        max_bytes: u64::MAX,
         store: format!("file://{}", dir.display()),
         tenant: "default".into(),
         stream: "clicks".into(),

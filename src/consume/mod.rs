@@ -111,6 +111,9 @@ pub struct ConsumeOptions {
     pub format: Format,
     /// Most events in this run, over all partitions (`None`: up to the head).
     pub max_events: Option<u64>,
+    /// About the most envelope bytes in this run (at least one event still
+    /// comes back); bounds the run's memory whatever the event sizes.
+    pub max_bytes: u64,
     /// Partitions read at least; more when the bucket holds a higher one.
     pub partitions: u32,
 }
@@ -187,6 +190,7 @@ pub struct Consumer {
     stream: StreamPath,
     checkpoints: Checkpoints,
     id: String,
+    max_bytes: u64,
 }
 
 /// Reject names that would not be safe key segments.
@@ -224,6 +228,7 @@ impl Consumer {
             stream,
             checkpoints,
             id,
+            max_bytes: u64::MAX,
         })
     }
 
@@ -255,28 +260,32 @@ impl Consumer {
         max_events: Option<u64>,
     ) -> Result<Pending, ConsumeError> {
         let mut left = max_events.unwrap_or(u64::MAX);
+        let mut bytes = self.max_bytes;
         let mut pending = Pending::default();
         let mut full = Vec::new();
         for partition in 0..partitions {
             let share = left.div_ceil(u64::from(partitions - partition));
             let from = self.checkpoints.position(partition).await?;
             self.check_behind_head(partition, from.offset).await?;
-            let batch = self.read_from(partition, from.offset, share).await?;
+            let share = if bytes == 0 { 0 } else { share };
+            let batch = self.read_from(partition, from.offset, share, bytes).await?;
             left -= batch.events.len() as u64;
+            bytes = bytes.saturating_sub(size(&batch));
             if share > 0 && batch.events.len() as u64 == share {
                 full.push(pending.partitions.len());
             }
             pending.partitions.push(PartitionBatch { from, batch });
         }
         for i in full {
-            if left == 0 {
+            if left == 0 || bytes == 0 {
                 break;
             }
             let p = &mut pending.partitions[i];
             let more = self
-                .read_from(p.from.partition, p.batch.next_offset, left)
+                .read_from(p.from.partition, p.batch.next_offset, left, bytes)
                 .await?;
             left -= more.events.len() as u64;
+            bytes = bytes.saturating_sub(size(&more));
             p.batch.next_offset = more.next_offset;
             p.batch.events.extend(more.events);
         }
@@ -309,12 +318,20 @@ impl Consumer {
         partition: u32,
         offset: u64,
         max: u64,
+        max_bytes: u64,
     ) -> Result<ReadBatch, ConsumeError> {
         let limit = usize::try_from(max).unwrap_or(usize::MAX);
+        let bytes = usize::try_from(max_bytes).unwrap_or(usize::MAX);
         self.log
-            .read(&self.stream, partition, offset, limit)
+            .read_bounded(&self.stream, partition, offset, limit, bytes)
             .await
             .map_err(|source| ConsumeError::Log { partition, source })
+    }
+
+    /// Cap this consumer's runs at about `max_bytes` of envelopes.
+    pub fn with_max_bytes(mut self, max_bytes: u64) -> Self {
+        self.max_bytes = max_bytes;
+        self
     }
 
     /// Advance the checkpoint of every partition of `pending` that had
@@ -452,7 +469,8 @@ pub async fn consume(
         &opts.group,
         new_consumer_id(),
         RetryPolicy::default(),
-    )?;
+    )?
+    .with_max_bytes(opts.max_bytes);
     let partitions = consumer.partitions(opts.partitions).await?;
     let pending = consumer.read(partitions, opts.max_events).await?;
     let file = match &opts.output {
@@ -485,6 +503,11 @@ fn sync_stdout() {
             }
         }
     }
+}
+
+/// Envelope bytes a batch holds.
+fn size(batch: &ReadBatch) -> u64 {
+    batch.events.iter().map(|e| e.len() as u64).sum()
 }
 
 #[cfg(test)]

@@ -99,6 +99,20 @@ impl Log {
         offset: u64,
         max_events: usize,
     ) -> Result<ReadBatch, LogError> {
+        self.read_bounded(stream, partition, offset, max_events, usize::MAX)
+            .await
+    }
+
+    /// [`Log::read`], also stopping at about `max_bytes` of envelopes (at
+    /// least one event always comes back, so a reader never stalls).
+    pub async fn read_bounded(
+        &self,
+        stream: &StreamPath,
+        partition: u32,
+        offset: u64,
+        max_events: usize,
+        max_bytes: usize,
+    ) -> Result<ReadBatch, LogError> {
         let mut batch = ReadBatch {
             first_offset: offset,
             next_offset: offset,
@@ -109,8 +123,9 @@ impl Log {
         };
         loop {
             let raw = self.segment_bytes(stream, &record).await?;
-            batch.extend_from(&record, &raw, max_events, usize::MAX);
-            if batch.events.len() >= max_events {
+            batch.extend_from(&record, &raw, max_events, max_bytes);
+            // Stopped inside this record: a limit was reached.
+            if batch.events.len() >= max_events || batch.next_offset < record.next_offset() {
                 return Ok(batch);
             }
             seq += 1;
