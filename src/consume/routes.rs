@@ -9,7 +9,6 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{header, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
 
@@ -313,37 +312,6 @@ fn bad_commit(detail: impl Into<String>) -> Problem {
 
 /// The whole body, at most [`MAX_COMMIT_BODY_BYTES`], within the body timeout.
 async fn read_body(app: &App, req: Request<Incoming>) -> Result<Bytes, Problem> {
-    let too_large = || {
-        Problem::payload_too_large(format!(
-            "a commit body is at most {MAX_COMMIT_BODY_BYTES} bytes"
-        ))
-    };
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_COMMIT_BODY_BYTES as u64) {
-        return Err(too_large());
-    }
-    let timeout = app.config.server.body_read_timeout();
-    let limited = Limited::new(req.into_body(), MAX_COMMIT_BODY_BYTES).collect();
-    let collected = tokio::time::timeout(timeout, limited).await.map_err(|_| {
-        Problem::new(
-            StatusCode::REQUEST_TIMEOUT,
-            "body-timeout",
-            "Request timeout",
-            format!(
-                "the body did not arrive within {} ms (server.body_read_timeout_ms)",
-                timeout.as_millis()
-            ),
-        )
-    })?;
-    match collected {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-        Err(e) => Err(Problem::bad_request(
-            "body-read-failed",
-            format!("could not read the request body: {e}"),
-        )),
-    }
+    let too_large = format!("a commit body is at most {MAX_COMMIT_BODY_BYTES} bytes");
+    crate::ingest::read_limited_body(app, req, MAX_COMMIT_BODY_BYTES, &too_large).await
 }

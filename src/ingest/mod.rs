@@ -263,11 +263,19 @@ pub(crate) fn wants_async<B>(req: &Request<B>) -> bool {
 
 async fn read_body(app: &App, req: Request<Incoming>) -> Result<Bytes, Problem> {
     let limit = app.config.limits.max_body_bytes;
-    let too_large = || {
-        Problem::payload_too_large(format!(
-            "request body is larger than {limit} bytes (limits.max_body_bytes)"
-        ))
-    };
+    let too_large = format!("request body is larger than {limit} bytes (limits.max_body_bytes)");
+    read_limited_body(app, req, limit, &too_large).await
+}
+
+/// The whole body, at most `limit` bytes (else 413 with `too_large` as its
+/// detail), within `server.body_read_timeout_ms` (else 408).
+pub(crate) async fn read_limited_body(
+    app: &App,
+    req: Request<Incoming>,
+    limit: usize,
+    too_large: &str,
+) -> Result<Bytes, Problem> {
+    let too_large = || Problem::payload_too_large(too_large);
     let declared =
         header_str(req.headers(), header::CONTENT_LENGTH).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
