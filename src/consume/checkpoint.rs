@@ -7,13 +7,13 @@
 //! not read the log or write output (that is [`super`]'s job).
 
 use object_store::path::Path;
-use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use object_store::{PutMode, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
 
 use super::ConsumeError;
 use crate::log::last_dense;
 use crate::log::record::StreamPath;
-use crate::log::retry::{retry, RetryPolicy};
+use crate::log::retry::{exists, get_if_present, retry, RetryPolicy};
 use crate::store::Store;
 
 /// The stored form of one checkpoint object.
@@ -95,30 +95,21 @@ impl Checkpoints {
 
     async fn exists(&self, partition: u32, seq: u64) -> Result<bool, ConsumeError> {
         let key = self.key(partition, seq);
-        match retry(self.policy, "head_checkpoint", || {
-            self.store.inner.head(&key)
-        })
-        .await
-        {
-            Ok(_) => Ok(true),
-            Err(object_store::Error::NotFound { .. }) => Ok(false),
-            Err(source) => Err(ConsumeError::Unavailable {
+        exists(&*self.store.inner, self.policy, "head_checkpoint", &key)
+            .await
+            .map_err(|source| ConsumeError::Unavailable {
                 op: "head_checkpoint",
                 source,
-            }),
-        }
+            })
     }
 
     /// Checkpoint `seq` of `partition`, or `None` when it does not exist.
     pub async fn get(&self, partition: u32, seq: u64) -> Result<Option<Checkpoint>, ConsumeError> {
         let key = self.key(partition, seq);
-        let got = retry(self.policy, "get_checkpoint", || async {
-            self.store.inner.get(&key).await?.bytes().await
-        })
-        .await;
+        let got = get_if_present(&*self.store.inner, self.policy, "get_checkpoint", &key).await;
         let body = match got {
-            Ok(b) => b,
-            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Ok(Some(b)) => b,
+            Ok(None) => return Ok(None),
             Err(source) => {
                 return Err(ConsumeError::Unavailable {
                     op: "get_checkpoint",

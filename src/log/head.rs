@@ -5,10 +5,7 @@
 
 use std::future::Future;
 
-use object_store::ObjectStoreExt;
-
 use super::record::StreamPath;
-use super::retry::retry;
 use super::{Head, Log, LogError};
 
 /// Last index that exists in a dense sequence (0, 1, 2, … with no gaps), or
@@ -47,14 +44,12 @@ impl Log {
         seq: u64,
     ) -> Result<bool, LogError> {
         let key = stream.record(partition, seq);
-        match retry(self.policy, "head_record", || self.store.inner.head(&key)).await {
-            Ok(_) => Ok(true),
-            Err(object_store::Error::NotFound { .. }) => Ok(false),
-            Err(source) => Err(LogError::Unavailable {
+        super::retry::exists(&*self.store.inner, self.policy, "head_record", &key)
+            .await
+            .map_err(|source| LogError::Unavailable {
                 op: "head_record",
                 source,
-            }),
-        }
+            })
     }
 
     /// Last seq that exists, or `None` for an empty partition.

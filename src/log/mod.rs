@@ -257,13 +257,10 @@ impl Log {
         seq: u64,
     ) -> Result<Option<CommitRecord>, LogError> {
         let key = stream.record(partition, seq);
-        let got = retry(self.policy, "get_record", || async {
-            self.store.inner.get(&key).await?.bytes().await
-        })
-        .await;
+        let got = retry::get_if_present(&*self.store.inner, self.policy, "get_record", &key).await;
         let body = match got {
-            Ok(b) => b,
-            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Ok(Some(b)) => b,
+            Ok(None) => return Ok(None),
             Err(source) => {
                 return Err(LogError::Unavailable {
                     op: "get_record",

@@ -7,6 +7,9 @@
 use std::future::Future;
 use std::time::Duration;
 
+use bytes::Bytes;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt};
 use tokio::time::Instant;
 
 /// How long and how often a store call is retried.
@@ -69,5 +72,37 @@ where
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(policy.max);
+    }
+}
+
+/// Does `key` exist? A HEAD, retried; `NotFound` is `false`.
+pub async fn exists(
+    store: &dyn ObjectStore,
+    policy: RetryPolicy,
+    op_name: &'static str,
+    key: &Path,
+) -> Result<bool, object_store::Error> {
+    match retry(policy, op_name, || store.head(key)).await {
+        Ok(_) => Ok(true),
+        Err(object_store::Error::NotFound { .. }) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// The bytes at `key`, or `None` when it does not exist. A GET, retried.
+pub async fn get_if_present(
+    store: &dyn ObjectStore,
+    policy: RetryPolicy,
+    op_name: &'static str,
+    key: &Path,
+) -> Result<Option<Bytes>, object_store::Error> {
+    let got = retry(policy, op_name, || async {
+        store.get(key).await?.bytes().await
+    })
+    .await;
+    match got {
+        Ok(b) => Ok(Some(b)),
+        Err(object_store::Error::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e),
     }
 }
