@@ -12,6 +12,7 @@ mod read;
 pub mod record;
 pub mod retry;
 pub mod segment;
+pub mod window;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -77,7 +77,7 @@ impl Log {
         Ok(None)
     }
 
-    async fn required_record(
+    pub(super) async fn required_record(
         &self,
         stream: &StreamPath,
         partition: u32,
