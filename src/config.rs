@@ -39,6 +39,7 @@ pub struct Config {
     pub streams: StreamsConfig,
     pub read: ReadConfig,
     pub websocket: WebSocketConfig,
+    pub compaction: crate::compact::CompactionConfig,
     /// TLS on the listener; absent means plain HTTP.
     pub tls: Option<TlsConfig>,
     pub auth: AuthConfig,
@@ -287,6 +288,7 @@ impl Default for Config {
             streams: StreamsConfig::default(),
             read: ReadConfig::default(),
             websocket: WebSocketConfig::default(),
+            compaction: Default::default(),
             tls: None,
             auth: AuthConfig::default(),
             tenants: BTreeMap::new(),
@@ -536,6 +538,7 @@ impl Config {
                 });
             }
         }
+        self.compaction.validate()?;
         self.validate_access()
     }
 

@@ -22,6 +22,7 @@
 pub mod auth;
 pub mod batch;
 pub mod body;
+pub mod compact;
 pub mod config;
 pub mod consume;
 pub mod decode;

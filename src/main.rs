@@ -134,6 +134,27 @@ enum Command {
         partitions: u32,
     },
     // --- end consume ---
+    /// Write closed hours of streams as Parquet under `tables/dt=…/hr=…/`
+    /// (zstd; columns from the stream's schema, else inferred). Idempotent,
+    /// and safe to run on several machines at once. Prints a JSON report;
+    /// exit 0, 1 on errors (including an hour that is not closed yet).
+    Compact {
+        /// Stream to compact (default: every stream in the bucket).
+        #[arg(long)]
+        stream: Option<String>,
+        /// One hour, YYYY-MM-DDTHH in UTC (default: every closed hour with data).
+        #[arg(long)]
+        hour: Option<sluice::compact::Hour>,
+        /// Tenant (default: every tenant in the bucket).
+        #[arg(long)]
+        tenant: Option<String>,
+        /// The bucket (default: the config's `store`).
+        #[arg(long)]
+        store: Option<String>,
+        /// TOML configuration (also SLUICE_CONFIG): schemas, partitions, `[compaction]`.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -145,7 +166,8 @@ fn main() -> anyhow::Result<()> {
         | Command::CheckConfig { .. }
         | Command::Keygen { .. }
         | Command::Replay { .. }
-        | Command::Consume { .. } => "warn",
+        | Command::Consume { .. }
+        | Command::Compact { .. } => "warn",
     };
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -246,7 +268,48 @@ fn main() -> anyhow::Result<()> {
             };
             runtime.block_on(consume(opts))
         }
+        Command::Compact {
+            stream,
+            hour,
+            tenant,
+            store,
+            config,
+        } => {
+            let scope = sluice::compact::run::Scope {
+                tenant,
+                stream,
+                hour,
+                since: None,
+            };
+            runtime.block_on(compact(config, store, scope))
+        }
     }
+}
+
+async fn compact(
+    file: Option<PathBuf>,
+    store: Option<String>,
+    scope: sluice::compact::run::Scope,
+) -> anyhow::Result<()> {
+    let mut config = Config::load(file.as_deref())?;
+    if let Some(url) = store {
+        config.store = url;
+    }
+    let store = sluice::store::Store::open(&config.store)?;
+    store.check(&config.store).await?;
+    let policy = sluice::log::retry::RetryPolicy {
+        deadline: config.batch.store_retry(),
+        ..Default::default()
+    };
+    let writer = format!(
+        "compact-{}",
+        ulid::Ulid::new().to_string().to_ascii_lowercase()
+    );
+    let log = std::sync::Arc::new(sluice::log::Log::new(store, writer, policy));
+    let now = chrono::Utc::now().timestamp_millis();
+    let report = sluice::compact::run::run(log, &config, &scope, now).await?;
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
 }
 
 // --- consume (consumer groups) ---

@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # The whole test suite: installs what it needs (moto for the S3 tests,
-# Chromium for the browser test), then runs every test target.
+# DuckDB for the Parquet tables, Chromium for the browser test), then runs every test target.
 # Usage: bash tests/run.sh [extra cargo test args]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v moto_server >/dev/null 2>&1; then
   python3 -m pip install --quiet 'moto[server]'
+fi
+# tests/compact.rs reads the Parquet tables back with DuckDB.
+if ! python3 -c 'import duckdb' >/dev/null 2>&1; then
+  python3 -m pip install --quiet duckdb
 fi
 # tests/browser.rs drives headless Chromium (Debian package; root with apt).
 if [ ! -x /usr/bin/chromium ]; then

@@ -7,13 +7,13 @@
 //! not read the log or write output (that is [`super`]'s job).
 
 use object_store::path::Path;
-use object_store::{PutMode, PutOptions, PutPayload};
+use object_store::PutPayload;
 use serde::{Deserialize, Serialize};
 
 use super::ConsumeError;
 use crate::log::last_dense;
 use crate::log::record::StreamPath;
-use crate::log::retry::{exists, get_if_present, retry, RetryPolicy};
+use crate::log::retry::{create, exists, get_if_present, RetryPolicy};
 use crate::store::Store;
 
 /// The stored form of one checkpoint object.
@@ -178,13 +178,13 @@ impl Checkpoints {
             reason: format!("cannot serialise the checkpoint: {e}"),
         })?;
         let payload = PutPayload::from(body);
-        let put = retry(self.policy, "put_checkpoint", || {
-            let opts = PutOptions {
-                mode: PutMode::Create,
-                ..Default::default()
-            };
-            self.store.inner.put_opts(&key, payload.clone(), opts)
-        })
+        let put = create(
+            &*self.store.inner,
+            self.policy,
+            "put_checkpoint",
+            &key,
+            payload,
+        )
         .await;
         match put {
             Ok(_) => Ok(cp),

@@ -17,7 +17,7 @@ pub mod window;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use object_store::{ObjectStoreExt, PutPayload};
 
 use crate::store::Store;
 pub use head::last_dense;
@@ -217,15 +217,7 @@ impl Log {
             source: Box::new(e),
         })?;
         let payload = PutPayload::from(body);
-        retry(self.policy, "put_record", || {
-            let opts = PutOptions {
-                mode: PutMode::Create,
-                ..Default::default()
-            };
-            self.store.inner.put_opts(&key, payload.clone(), opts)
-        })
-        .await
-        .map(|_| ())
+        retry::create(&*self.store.inner, self.policy, "put_record", &key, payload).await
     }
 
     /// How many partitions `stream` has in the store: at least `at_least`,

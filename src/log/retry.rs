@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt};
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use tokio::time::Instant;
 
 /// How long and how often a store call is retried.
@@ -105,4 +105,24 @@ pub async fn get_if_present(
         Err(object_store::Error::NotFound { .. }) => Ok(None),
         Err(e) => Err(e),
     }
+}
+
+/// Create `key` only if it does not exist (a put-if-absent PUT), retried.
+/// `AlreadyExists` is the answer "someone else created it first".
+pub async fn create(
+    store: &dyn ObjectStore,
+    policy: RetryPolicy,
+    op_name: &'static str,
+    key: &Path,
+    payload: PutPayload,
+) -> Result<(), object_store::Error> {
+    retry(policy, op_name, || {
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        store.put_opts(key, payload.clone(), opts)
+    })
+    .await
+    .map(drop)
 }

@@ -161,6 +161,11 @@ impl Gateway {
         if let Some(tls) = &tls {
             tls.spawn_reloader(app.closing());
         }
+        if app.config.compaction.enabled {
+            let schedule =
+                crate::compact::run::schedule(app.log.clone(), app.config.clone(), app.closing());
+            tokio::spawn(schedule);
+        }
         let max = app.config.server.max_connections;
         let permits = Arc::new(Semaphore::new(max));
         let (close_tx, close_rx) = watch::channel(false);

@@ -1,0 +1,297 @@
+//! Which columns a table has, and the one walk over an event's top-level
+//! fields that feeds them.
+//!
+//! Owns the column rule (README "Parquet tables"): a stream with a JSON
+//! Schema gets one column per top-level property, typed from its `type`; a
+//! stream without one gets a column per field seen in the file, typed when
+//! every non-null value is of one kind (string, boolean, integer, other
+//! number) and kept as JSON text otherwise. Fields that get no column
+//! (reserved or clashing names, past the column cap, values that do not fit
+//! the column's type) are kept, as JSON, in `_extra`: never an error, never
+//! a lost field. No I/O and no Parquet here.
+
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, MapAccess, Visitor};
+use serde_json::value::RawValue;
+use serde_json::Value;
+
+/// The column of fields that have no column of their own.
+pub const EXTRA: &str = "_extra";
+
+/// Names an event field cannot take: the table's own columns and the hive
+/// partition keys readers add (`dt`, `hr`). Compared without case, as DuckDB
+/// and Athena compare column names.
+const RESERVED: [&str; 6] = ["received_at", "partition", "offset", "dt", "hr", EXTRA];
+
+/// The type of a field's column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    String,
+    Boolean,
+    /// Fits an `i64`.
+    Integer,
+    /// Any other JSON number, as a double.
+    Number,
+    /// The value's JSON text, as sent.
+    Json,
+}
+
+/// One event-field column.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Column {
+    pub name: String,
+    pub kind: Kind,
+}
+
+/// The event-field columns of one table, in order.
+#[derive(Debug, Clone, Default)]
+pub struct Plan {
+    columns: Vec<Column>,
+    index: HashMap<String, usize>,
+    folded: HashSet<String>,
+}
+
+impl Plan {
+    pub fn columns(&self) -> &[Column] {
+        &self.columns
+    }
+
+    /// The column of field `name`, if it has one.
+    pub fn column(&self, name: &str) -> Option<usize> {
+        self.index.get(name).copied()
+    }
+
+    fn add(&mut self, name: &str, kind: Kind, max_columns: usize) {
+        let folded = name.to_lowercase();
+        let refused = name.is_empty()
+            || self.columns.len() >= max_columns
+            || RESERVED.contains(&folded.as_str())
+            || self.folded.contains(&folded);
+        if refused {
+            return;
+        }
+        self.index.insert(name.to_string(), self.columns.len());
+        self.folded.insert(folded);
+        self.columns.push(Column {
+            name: name.to_string(),
+            kind,
+        });
+    }
+
+    /// Columns from a JSON Schema's top-level `properties`, in name order.
+    pub fn from_schema(document: &Value, max_columns: usize) -> Plan {
+        let mut plan = Plan::default();
+        if let Some(properties) = document.get("properties").and_then(Value::as_object) {
+            for (name, property) in properties {
+                plan.add(name, declared_kind(property), max_columns);
+            }
+        }
+        plan
+    }
+
+    /// Columns for the fields of `events`, in the order first seen.
+    pub fn infer<'a>(events: impl Iterator<Item = &'a [u8]>, max_columns: usize) -> Plan {
+        let mut seen: HashMap<String, Option<Kind>> = HashMap::new();
+        let mut order: Vec<String> = Vec::new();
+        for event in events {
+            // An event that is not an object has no fields; it goes to `_extra` whole.
+            let _ = fields(event, |name, raw| {
+                let kind = kind_of(raw.get());
+                match seen.get_mut(name.as_ref()) {
+                    Some(known) => *known = merge(*known, kind),
+                    None => {
+                        order.push(name.to_string());
+                        seen.insert(name.into_owned(), kind);
+                    }
+                }
+            });
+        }
+        let mut plan = Plan::default();
+        for name in order {
+            let kind = seen.get(&name).copied().flatten().unwrap_or(Kind::Json);
+            plan.add(&name, kind, max_columns);
+        }
+        plan
+    }
+}
+
+/// A property's column type from its `type` keyword (`"null"` aside).
+fn declared_kind(property: &Value) -> Kind {
+    let names: Vec<&str> = match property.get("type") {
+        Some(Value::String(t)) => vec![t.as_str()],
+        Some(Value::Array(ts)) => ts.iter().filter_map(Value::as_str).collect(),
+        _ => Vec::new(),
+    };
+    let names: Vec<&str> = names.into_iter().filter(|t| *t != "null").collect();
+    match names.as_slice() {
+        ["string"] => Kind::String,
+        ["boolean"] => Kind::Boolean,
+        ["integer"] => Kind::Integer,
+        ["number"] => Kind::Number,
+        _ => Kind::Json,
+    }
+}
+
+/// The kind of one JSON value's text; `None` for `null`.
+pub fn kind_of(raw: &str) -> Option<Kind> {
+    match raw.as_bytes().first() {
+        Some(b'"') => Some(Kind::String),
+        Some(b't' | b'f') => Some(Kind::Boolean),
+        Some(b'n') => None,
+        Some(b'{' | b'[') => Some(Kind::Json),
+        _ if raw.bytes().any(|b| matches!(b, b'.' | b'e' | b'E')) => Some(Kind::Number),
+        _ if raw.parse::<i64>().is_ok() => Some(Kind::Integer),
+        _ => Some(Kind::Json),
+    }
+}
+
+fn merge(known: Option<Kind>, next: Option<Kind>) -> Option<Kind> {
+    match (known, next) {
+        (None, k) | (k, None) => k,
+        (Some(a), Some(b)) if a == b => Some(a),
+        _ => Some(Kind::Json),
+    }
+}
+
+/// Call `each` with every top-level field of the JSON object `event`: its
+/// name (borrowed unless it has escapes) and its value's text as sent.
+/// Fails when `event` is not one JSON object.
+pub fn fields<'a>(
+    event: &'a [u8],
+    each: impl FnMut(Cow<'a, str>, &'a RawValue),
+) -> Result<(), serde_json::Error> {
+    let mut de = serde_json::Deserializer::from_slice(event);
+    de::Deserializer::deserialize_map(&mut de, Fields(each))?;
+    de.end()
+}
+
+struct Fields<F>(F);
+
+impl<'de, F: FnMut(Cow<'de, str>, &'de RawValue)> Visitor<'de> for Fields<F> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> Result<(), A::Error> {
+        while let Some(name) = map.next_key_seed(Name)? {
+            let raw: &'de RawValue = map.next_value()?;
+            (self.0)(name, raw);
+        }
+        Ok(())
+    }
+}
+
+struct Name;
+
+impl<'de> DeserializeSeed<'de> for Name {
+    type Value = Cow<'de, str>;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Name {
+    type Value = Cow<'de, str>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a field name")
+    }
+
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Cow::Borrowed(v))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(v.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(plan: &Plan) -> Vec<(&str, Kind)> {
+        plan.columns()
+            .iter()
+            .map(|c| (c.name.as_str(), c.kind))
+            .collect()
+    }
+
+    #[test]
+    fn inference_types_a_field_only_when_all_its_values_agree() {
+        let events: [&[u8]; 3] = [
+            br#"{"s":"a","n":1,"f":1.5,"b":true,"mixed":1,"o":{"x":1},"z":null}"#,
+            br#"{"s":"b","n":-2,"f":2e3,"b":false,"mixed":"one","late":7}"#,
+            br#"{"s":null,"n":null,"big":123456789012345678901234567890}"#,
+        ];
+        let plan = Plan::infer(events.into_iter(), 100);
+        assert_eq!(
+            names(&plan),
+            [
+                ("s", Kind::String),
+                ("n", Kind::Integer),
+                ("f", Kind::Number),
+                ("b", Kind::Boolean),
+                ("mixed", Kind::Json),
+                ("o", Kind::Json),
+                ("z", Kind::Json),
+                ("late", Kind::Integer),
+                ("big", Kind::Json),
+            ]
+        );
+    }
+
+    #[test]
+    fn reserved_clashing_and_excess_names_get_no_column() {
+        let events: [&[u8]; 1] =
+            [br#"{"Offset":1,"dt":"x","a":1,"A":2,"":3,"_EXTRA":4,"b":5,"c":6}"#];
+        let plan = Plan::infer(events.into_iter(), 2);
+        assert_eq!(names(&plan), [("a", Kind::Integer), ("b", Kind::Integer)]);
+        assert_eq!(plan.column("A"), None);
+    }
+
+    #[test]
+    fn schema_types_come_from_each_property() {
+        let schema = serde_json::json!({"properties": {
+            "s": {"type": "string"}, "i": {"type": ["integer", "null"]},
+            "n": {"type": "number"}, "b": {"type": "boolean"},
+            "either": {"type": ["string", "integer"]}, "free": {}
+        }});
+        let plan = Plan::from_schema(&schema, 100);
+        assert_eq!(
+            names(&plan),
+            [
+                ("b", Kind::Boolean),
+                ("either", Kind::Json),
+                ("free", Kind::Json),
+                ("i", Kind::Integer),
+                ("n", Kind::Number),
+                ("s", Kind::String),
+            ]
+        );
+    }
+
+    #[test]
+    fn fields_borrow_plain_names_and_keep_values_as_sent() {
+        let mut seen = Vec::new();
+        fields(br#"{"a" : [1, 2],"b\u0041":"x\n"}"#, |k, v| {
+            seen.push((matches!(k, Cow::Borrowed(_)), k.into_owned(), v.get()))
+        })
+        .unwrap();
+        assert_eq!(
+            seen,
+            [
+                (true, "a".to_string(), "[1, 2]"),
+                (false, "bA".to_string(), r#""x\n""#)
+            ]
+        );
+        assert!(fields(b"[1]", |_, _| {}).is_err());
+        assert!(fields(b"{} x", |_, _| {}).is_err());
+    }
+}
