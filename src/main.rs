@@ -101,7 +101,7 @@ enum Command {
     /// Read a consumer group's batch: from its checkpoints to the head of
     /// every partition, write it out, then advance the checkpoints (at least
     /// once). Exit 0 on success, 4 when another consumer of the group
-    /// advanced a partition first (run again), 2 for parquet, 1 on errors.
+    /// advanced a partition first (run again), 2 for an unknown format, 1 on errors.
     Consume {
         /// The consumer group.
         #[arg(long)]
@@ -115,10 +115,11 @@ enum Command {
         /// Tenant whose stream is read.
         #[arg(long, default_value = "default")]
         tenant: String,
-        /// `-` for stdout, or a directory for a new `{stream}-{group}-{ulid}.ndjson`.
+        /// `-` for stdout, or a directory for a new `{stream}-{group}-{ulid}.{ndjson|parquet}`.
         #[arg(long, default_value = "-")]
         out: String,
-        /// ndjson (stored envelope lines, bytes unchanged); parquet is not built yet.
+        /// ndjson (stored envelope lines, bytes unchanged) or parquet (one
+        /// zstd file; columns inferred as `sluice compact` does).
         #[arg(long, default_value = "ndjson")]
         format: String,
         /// Most events this run, over all partitions: bounds the run's memory
@@ -353,13 +354,13 @@ async fn consume(opts: sluice::consume::ConsumeOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Print a consume error and exit: 4 conflict, 2 unsupported format, 1 otherwise.
+/// Print a consume error and exit: 4 conflict, 2 unknown format, 1 otherwise.
 fn consume_exit(e: &sluice::consume::ConsumeError) -> ! {
     use sluice::consume::ConsumeError;
     eprintln!("sluice consume: {e}");
     let code = match e {
         ConsumeError::Conflict(_) => 4,
-        ConsumeError::ParquetNotBuilt | ConsumeError::UnknownFormat(_) => 2,
+        ConsumeError::UnknownFormat(_) => 2,
         _ => 1,
     };
     std::process::exit(code)

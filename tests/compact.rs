@@ -119,29 +119,8 @@ async fn tables_dir(store: &Store, stream: &str) -> tempfile::TempDir {
     out
 }
 
-/// Rows DuckDB reads from every Parquet file under `dir`, as JSON objects
-/// (received_at as epoch ms), ordered by partition and offset.
 fn duckdb(dir: &FsPath) -> Vec<BTreeMap<String, Value>> {
-    let sql = format!(
-        "SELECT * EXCLUDE (received_at), epoch_ms(received_at) AS received_ms \
-         FROM read_parquet('{}/**/*.parquet', hive_partitioning = true, union_by_name = true) \
-         ORDER BY partition, \"offset\"",
-        dir.display()
-    );
-    let script = "import duckdb, json, sys\n\
-        r = duckdb.sql(sys.argv[1])\n\
-        cols = [d[0] for d in r.description]\n\
-        print(json.dumps([dict(zip(cols, row)) for row in r.fetchall()], default=str))\n";
-    let out = std::process::Command::new("python3")
-        .args(["-c", script, &sql])
-        .output()
-        .expect("python3 with the duckdb package (tests/run.sh installs it)");
-    assert!(
-        out.status.success(),
-        "duckdb failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    common::duckdb::read_parquet(&dir.join("**/*.parquet"))
 }
 
 /// DuckDB's rows equal the committed events: each (partition, offset) once,

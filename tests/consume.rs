@@ -10,6 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::gateway::{event_of, test_config, TestGateway};
 use common::{Backend, Place};
+use serde_json::Value;
 use sluice::consume::{
     consume, ConsumeError, ConsumeOptions, Consumer, Format, Output, Pending, Report,
 };
@@ -328,9 +329,6 @@ async fn consume_posted_events_into_a_directory() {
     let files = std::fs::read_dir(out.path()).unwrap().count();
     assert_eq!(files, 2, "no temporary files left, no empty file");
 
-    o.format = Format::Parquet;
-    let parquet = consume(&o, &mut stdout).await;
-    assert!(matches!(parquet, Err(ConsumeError::ParquetNotBuilt)));
     o.format = Format::Ndjson;
     o.group = "a/b".into();
     let bad = consume(&o, &mut stdout).await;
@@ -338,6 +336,53 @@ async fn consume_posted_events_into_a_directory() {
         bad,
         Err(ConsumeError::BadName { what: "group", .. })
     ));
+}
+
+/// `--format parquet`: one Parquet file per run that DuckDB reads back with
+/// each event's fields, partition and offset; the checkpoint moves as for NDJSON.
+#[tokio::test]
+async fn consume_writes_parquet_that_duckdb_reads() {
+    let data = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let store = Store::open(&format!("file://{}", data.path().display())).unwrap();
+    let gw = TestGateway::start(test_config(), store).await;
+    let body = r#"[{"n":1,"s":"a"},{"n":2,"s":"b","o":{"x": [1]}},{"n":3,"s":null}]"#;
+    let resp = reqwest::Client::new()
+        .post(gw.url("/v1/streams/clicks/events"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+    gw.stop().await;
+
+    let mut o = opts(data.path(), Output::Dir(out.path().to_path_buf()));
+    o.format = Format::Parquet;
+    let report = consume(&o, &mut Vec::new()).await.unwrap();
+    assert_eq!(report.events(), 3);
+    let file = report.file.unwrap();
+    assert!(file.to_str().unwrap().ends_with(".parquet"), "{file:?}");
+    let rows = common::duckdb::read_parquet(&file);
+    let mut got: Vec<(i64, Value, Value)> = rows
+        .iter()
+        .map(|r| (r["n"].as_i64().unwrap(), r["s"].clone(), r["o"].clone()))
+        .collect();
+    got.sort_by_key(|r| r.0);
+    assert_eq!(
+        got,
+        [
+            (1, Value::from("a"), Value::Null),
+            (2, Value::from("b"), Value::from(r#"{"x": [1]}"#)),
+            (3, Value::Null, Value::Null),
+        ]
+    );
+    let again = consume(&o, &mut Vec::new()).await.unwrap();
+    assert_eq!(
+        (again.events(), again.file),
+        (0, None),
+        "the checkpoint moved"
+    );
 }
 
 fn sluice(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
@@ -373,16 +418,13 @@ async fn cli_consume_prints_ndjson_once() {
     assert_eq!(second.status.code(), Some(0));
     assert!(second.stdout.is_empty(), "{:?}", Bytes::from(second.stdout));
 
-    let parquet = sluice(
+    let csv = sluice(
         data.path(),
-        &["--group", "g1", "--stream", "clicks", "--format", "parquet"],
+        &["--group", "g1", "--stream", "clicks", "--format", "csv"],
     );
-    assert_eq!(parquet.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&parquet.stderr);
-    assert!(
-        stderr.contains("parquet output is not built yet"),
-        "{stderr}"
-    );
+    assert_eq!(csv.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&csv.stderr);
+    assert!(stderr.contains("use ndjson or parquet"), "{stderr}");
 }
 
 /// A conflict on the command line: exit 4 and the documented message.

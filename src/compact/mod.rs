@@ -20,7 +20,6 @@ pub mod table;
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use object_store::path::Path;
 use object_store::{ObjectStoreExt, PutPayload};
 use serde::Serialize;
@@ -35,7 +34,7 @@ use crate::store::Store;
 use claim::{Claim, Claims};
 pub use config::CompactionConfig;
 pub use hour::Hour;
-use table::{TableError, TableSettings, TableWriter};
+use table::{TableError, TableSettings};
 
 /// Segments fetched at once while a file is built.
 const FETCH_AHEAD: usize = 8;
@@ -99,10 +98,10 @@ pub struct Compactor {
     policy: RetryPolicy,
 }
 
-/// The events of one file: (offset, received_at ms, event bytes) per row.
+/// The events of one file.
 struct Gathered {
     partition: u32,
-    rows: Vec<(u64, i64, Bytes)>,
+    rows: Vec<table::Row>,
     input_bytes: u64,
 }
 
@@ -292,12 +291,14 @@ impl Compactor {
             gathered.input_bytes += raw.len() as u64;
             for (i, line) in segment::lines(raw).enumerate() {
                 let offset = record.first_offset + i as u64;
-                let (at, event) = table::envelope(&line).ok_or_else(|| LogError::BadSegment {
-                    key: stream.segment(&record.segment).to_string(),
-                    reason: format!("line of offset {offset} is not an envelope"),
+                let row = table::Row::of_line(partition, offset, &line).ok_or_else(|| {
+                    LogError::BadSegment {
+                        key: stream.segment(&record.segment).to_string(),
+                        reason: format!("line of offset {offset} is not an envelope"),
+                    }
                 })?;
-                if (hour.start()..hour.end()).contains(&at) {
-                    gathered.rows.push((offset, at, event));
+                if (hour.start()..hour.end()).contains(&row.received_at) {
+                    gathered.rows.push(row);
                 }
             }
         }
@@ -322,12 +323,20 @@ impl Compactor {
             self.tables_dir(&target.stream, hour).as_ref(),
             table_name(gathered.partition, first_seq)
         ));
-        let file = self
-            .build(target, gathered)
-            .map_err(|source| CompactError::Table {
-                key: key.to_string(),
-                source,
-            })?;
+        let settings = TableSettings {
+            row_group_rows: self.config.row_group_rows,
+            zstd_level: self.config.zstd_level,
+        };
+        let file = table::file(
+            &gathered.rows,
+            target.schema,
+            self.config.max_columns,
+            settings,
+        )
+        .map_err(|source| CompactError::Table {
+            key: key.to_string(),
+            source,
+        })?;
         let payload = PutPayload::from_bytes(file.clone());
         retry(self.policy, "put_table", || {
             self.store().inner.put(&key, payload.clone())
@@ -347,28 +356,6 @@ impl Compactor {
         metrics::counter!("sluice_compaction_bytes_total", "kind" => "output")
             .increment(file.len() as u64);
         Ok(())
-    }
-
-    fn build(&self, target: &Target<'_>, gathered: &Gathered) -> Result<Bytes, TableError> {
-        let events = || gathered.rows.iter().map(|(_, _, e)| e.as_ref());
-        let plan = match target.schema {
-            Some(schema) => columns::Plan::from_schema(schema, self.config.max_columns),
-            None => columns::Plan::infer(events(), self.config.max_columns),
-        };
-        let settings = TableSettings {
-            row_group_rows: self.config.row_group_rows,
-            zstd_level: self.config.zstd_level,
-        };
-        let mut table = TableWriter::new(plan, settings)?;
-        for (offset, at, event) in &gathered.rows {
-            table.push(table::Row {
-                partition: gathered.partition,
-                offset: *offset,
-                received_at: *at,
-                event,
-            })?;
-        }
-        table.finish()
     }
 
     fn tables_dir(&self, stream: &StreamPath, hour: Hour) -> Path {

@@ -33,13 +33,46 @@ pub struct TableSettings {
 }
 
 /// One committed event and where it sits in the log.
-pub struct Row<'a> {
+#[derive(Debug, Clone)]
+pub struct Row {
     pub partition: u32,
     pub offset: u64,
     /// Receive time, milliseconds since the epoch.
     pub received_at: i64,
     /// The event's bytes as sent (a slice of its segment).
-    pub event: &'a Bytes,
+    pub event: Bytes,
+}
+
+impl Row {
+    /// The row of an envelope line at (`partition`, `offset`).
+    pub fn of_line(partition: u32, offset: u64, line: &Bytes) -> Option<Row> {
+        let (received_at, event) = envelope(line)?;
+        Some(Row {
+            partition,
+            offset,
+            received_at,
+            event,
+        })
+    }
+}
+
+/// A whole Parquet file of `rows`: columns from `schema` when given, else
+/// inferred from the rows.
+pub fn file(
+    rows: &[Row],
+    schema: Option<&serde_json::Value>,
+    max_columns: usize,
+    settings: TableSettings,
+) -> Result<Bytes, TableError> {
+    let plan = match schema {
+        Some(schema) => Plan::from_schema(schema, max_columns),
+        None => Plan::infer(rows.iter().map(|r| r.event.as_ref()), max_columns),
+    };
+    let mut table = TableWriter::new(plan, settings)?;
+    for row in rows {
+        table.push(row)?;
+    }
+    table.finish()
 }
 
 const PREFIX: &[u8] = b"{\"received_at\":\"";
@@ -257,8 +290,8 @@ impl TableWriter {
     }
 
     /// Add one event, its fields spread over the columns.
-    pub fn push(&mut self, row: Row<'_>) -> Result<(), TableError> {
-        let event = row.event;
+    pub fn push(&mut self, row: &Row) -> Result<(), TableError> {
+        let event = &row.event;
         let group = &mut self.group;
         group.received_at.push(row.received_at);
         group.partition.push(row.partition as i32);
@@ -406,14 +439,8 @@ mod tests {
         };
         let mut table = TableWriter::new(plan, settings).unwrap();
         for (offset, line) in lines.iter().enumerate() {
-            let (received_at, event) = envelope(line).unwrap();
-            let row = Row {
-                partition: 3,
-                offset: offset as u64 + 10,
-                received_at,
-                event: &event,
-            };
-            table.push(row).unwrap();
+            let row = Row::of_line(3, offset as u64 + 10, line).unwrap();
+            table.push(&row).unwrap();
         }
         assert_eq!(table.rows(), 3);
         let rows = read(table.finish().unwrap());

@@ -15,6 +15,7 @@ pub mod routes;
 use std::io::Write;
 use std::path::{Path as FsPath, PathBuf};
 
+use crate::compact::table::{Row, TableSettings};
 use crate::log::record::StreamPath;
 use crate::log::retry::RetryPolicy;
 use crate::log::{Log, LogError, ReadBatch};
@@ -31,10 +32,12 @@ pub const MAX_NAME_LEN: usize = 64;
 pub enum ConsumeError {
     #[error("{what} name {name:?} is not valid: use 1 to 64 of [A-Za-z0-9._-], not starting with '.' or '-'")]
     BadName { what: &'static str, name: String },
-    #[error("parquet output is not built yet; use --format ndjson")]
-    ParquetNotBuilt,
-    #[error("unknown output format {0:?}; use ndjson (parquet is not built yet)")]
+    #[error("unknown output format {0:?}; use ndjson or parquet")]
     UnknownFormat(String),
+    #[error("cannot build the Parquet output: {0}; nothing was committed")]
+    Parquet(#[from] crate::compact::table::TableError),
+    #[error("stored line at partition {partition} offset {offset} is not an envelope; nothing was committed")]
+    Envelope { partition: u32, offset: u64 },
     #[error("store {url:?}: no such directory (nothing has been written there)")]
     NoStoreDir { url: String },
     #[error(transparent)]
@@ -74,7 +77,8 @@ pub enum Format {
     /// One stored envelope line per event, bytes unchanged.
     #[default]
     Ndjson,
-    /// Not built yet: rejected before anything is read.
+    /// One Parquet file (zstd): `received_at`, `partition`, `offset` and
+    /// the events' fields, columns inferred as compaction does.
     Parquet,
 }
 
@@ -169,6 +173,43 @@ impl Pending {
     pub fn events(&self) -> u64 {
         let n = self.partitions.iter().map(|p| p.batch.events.len());
         n.sum::<usize>() as u64
+    }
+
+    /// One Parquet file of every event (columns inferred from the events).
+    pub fn write_parquet(&self, out: &mut impl Write) -> Result<(), ConsumeError> {
+        let mut rows = Vec::with_capacity(self.events() as usize);
+        for p in &self.partitions {
+            let partition = p.from.partition;
+            for (i, line) in p.batch.events.iter().enumerate() {
+                let offset = p.batch.first_offset + i as u64;
+                let row = Row::of_line(partition, offset, line)
+                    .ok_or(ConsumeError::Envelope { partition, offset })?;
+                rows.push(row);
+            }
+        }
+        let defaults = crate::compact::CompactionConfig::default();
+        let settings = TableSettings {
+            row_group_rows: defaults.row_group_rows,
+            zstd_level: defaults.zstd_level,
+        };
+        let file = crate::compact::table::file(&rows, None, defaults.max_columns, settings)?;
+        out.write_all(&file).map_err(|source| ConsumeError::Output {
+            path: "the Parquet output".into(),
+            source,
+        })
+    }
+
+    /// Write every event in `format`.
+    pub fn write(&self, format: Format, out: &mut impl Write) -> Result<(), ConsumeError> {
+        match format {
+            Format::Parquet => self.write_parquet(out),
+            Format::Ndjson => self
+                .write_ndjson(out)
+                .map_err(|source| ConsumeError::Output {
+                    path: "the output".into(),
+                    source,
+                }),
+        }
     }
 
     /// Every envelope line, newline-terminated, partition by partition.
@@ -411,11 +452,16 @@ pub(crate) fn now() -> String {
 /// Blocking I/O: it runs once per run, on the CLI's runtime, before the commit.
 pub fn write_file(
     pending: &Pending,
+    format: Format,
     dir: &FsPath,
     stream: &str,
     group: &str,
 ) -> Result<PathBuf, ConsumeError> {
-    let name = format!("{stream}-{group}-{}.ndjson", ulid::Ulid::new());
+    let extension = match format {
+        Format::Ndjson => "ndjson",
+        Format::Parquet => "parquet",
+    };
+    let name = format!("{stream}-{group}-{}.{extension}", ulid::Ulid::new());
     let path = dir.join(&name);
     let tmp = dir.join(format!(".{name}.tmp"));
     let io = |source| ConsumeError::Output {
@@ -425,7 +471,7 @@ pub fn write_file(
     std::fs::create_dir_all(dir).map_err(io)?;
     let file = std::fs::File::create(&tmp).map_err(io)?;
     let mut out = std::io::BufWriter::new(file);
-    pending.write_ndjson(&mut out).map_err(io)?;
+    pending.write(format, &mut out)?;
     let file = out.into_inner().map_err(|e| io(e.into_error()))?;
     file.sync_all().map_err(io)?;
     std::fs::rename(&tmp, &path).map_err(io)?;
@@ -455,9 +501,6 @@ pub async fn consume(
     opts: &ConsumeOptions,
     stdout: &mut impl Write,
 ) -> Result<Report, ConsumeError> {
-    if opts.format == Format::Parquet {
-        return Err(ConsumeError::ParquetNotBuilt);
-    }
     check_name("group", &opts.group)?;
     check_name("stream", &opts.stream)?;
     check_name("tenant", &opts.tenant)?;
@@ -479,13 +522,19 @@ pub async fn consume(
                 path: "stdout".into(),
                 source,
             };
-            pending.write_ndjson(stdout).map_err(io)?;
+            pending.write(opts.format, stdout)?;
             stdout.flush().map_err(io)?;
             sync_stdout();
             None
         }
         Output::Dir(_) if pending.events() == 0 => None,
-        Output::Dir(dir) => Some(write_file(&pending, dir, &opts.stream, &opts.group)?),
+        Output::Dir(dir) => Some(write_file(
+            &pending,
+            opts.format,
+            dir,
+            &opts.stream,
+            &opts.group,
+        )?),
     };
     let mut report = consumer.commit_all(&pending).await;
     report.file = file;

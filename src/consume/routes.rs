@@ -47,8 +47,9 @@ impl From<ConsumeError> for Problem {
                 detail,
             ),
             ConsumeError::CorruptCheckpoint { .. }
-            | ConsumeError::ParquetNotBuilt
             | ConsumeError::UnknownFormat(_)
+            | ConsumeError::Parquet(_)
+            | ConsumeError::Envelope { .. }
             | ConsumeError::NoStoreDir { .. }
             | ConsumeError::Output { .. } => Problem::new(
                 StatusCode::INTERNAL_SERVER_ERROR,

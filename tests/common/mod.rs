@@ -14,6 +14,7 @@ use object_store::ObjectStore;
 use sluice::store::{Store, StoreKind};
 
 pub mod chromium;
+pub mod duckdb;
 pub mod gateway;
 
 /// A moto S3 server for this test binary; it stops when the binary exits
