@@ -103,6 +103,9 @@ pub struct StreamConfig {
     /// Write each invalid event to the stream `<name>.dlq` instead of only
     /// reporting it.
     pub dead_letter: bool,
+    /// Consumer groups whose lag the gateway exports
+    /// (`sluice_consumer_lag_events`); only these, so label values stay bounded.
+    pub consumer_groups: Vec<String>,
 }
 
 /// What a key may do.
@@ -202,6 +205,9 @@ pub struct ReadConfig {
     pub max_batch_bytes: usize,
     /// Most Server-Sent-Events connections at once; more get 503.
     pub max_subscribers: usize,
+    /// How often the declared consumer groups' lag is measured (a checkpoint
+    /// probe and a head probe per group and partition: O(log n) HEADs each).
+    pub consumer_lag_interval_ms: u64,
 }
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -319,6 +325,7 @@ impl Default for ReadConfig {
             max_events_per_read: 10_000,
             max_batch_bytes: 1024 * 1024,
             max_subscribers: 1_000,
+            consumer_lag_interval_ms: 30_000,
         }
     }
 }
@@ -473,11 +480,16 @@ impl Config {
 
     /// Reject values that cannot work, naming the key.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let checks: [(&'static str, bool, &str); 11] = [
+        let checks: [(&'static str, bool, &str); 12] = [
             (
                 "read.poll_interval_ms",
                 self.read.poll_interval_ms > 0,
                 "must be at least 1",
+            ),
+            (
+                "read.consumer_lag_interval_ms",
+                self.read.consumer_lag_interval_ms >= 100,
+                "must be at least 100",
             ),
             (
                 "read.max_events_per_read",
@@ -672,6 +684,16 @@ impl Config {
             .and_then(|doc| doc.map(crate::validate::Schema::compile).transpose())
         {
             return bad(".schema", &m);
+        }
+        if !s
+            .consumer_groups
+            .iter()
+            .all(|g| crate::names::valid(g, crate::consume::MAX_NAME_LEN))
+        {
+            return bad(
+                ".consumer_groups",
+                "group names use 1 to 64 of [A-Za-z0-9._-], not starting with '.' or '-'",
+            );
         }
         if s.dead_letter
             && !crate::names::valid(&format!("{name}.dlq"), self.limits.max_stream_name_len)

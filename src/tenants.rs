@@ -32,6 +32,8 @@ pub struct StreamSettings {
     pub dead_letter: bool,
     /// A dead-letter stream: only the gateway writes it.
     pub dead_letters: bool,
+    /// Consumer groups whose lag is exported as a metric.
+    pub consumer_groups: Vec<String>,
 }
 
 /// One tenant: its streams and its limits.
@@ -117,6 +119,7 @@ fn settings(config: &Config, s: Option<&StreamConfig>, rate_key: &str) -> Stream
             schema_error: None,
             dead_letter: false,
             dead_letters: false,
+            consumer_groups: Vec::new(),
         };
     };
     let (schema, schema_error) =
@@ -141,6 +144,7 @@ fn settings(config: &Config, s: Option<&StreamConfig>, rate_key: &str) -> Stream
         schema_error,
         dead_letter: s.dead_letter,
         dead_letters: false,
+        consumer_groups: s.consumer_groups.clone(),
     }
 }
 
@@ -185,6 +189,11 @@ impl Tenants {
 
     pub fn get(&self, name: &str) -> Option<&Arc<Tenant>> {
         self.by_name.get(name)
+    }
+
+    /// Every tenant.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Tenant>> {
+        self.by_name.values()
     }
 
     /// The tenant that serves every request while auth is off.

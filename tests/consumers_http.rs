@@ -414,3 +414,100 @@ async fn http_commit_and_cli_consume_interoperate() {
     );
     gw.stop().await;
 }
+
+/// The lag of the groups a stream declares, summed over partitions, as
+/// `/metrics` shows it (`None`: no such series yet).
+fn lag_metric(metrics: &str, stream: &str, group: &str) -> Option<u64> {
+    let series: Vec<u64> = metrics
+        .lines()
+        .filter(|l| l.starts_with("sluice_consumer_lag_events{"))
+        .filter(|l| {
+            l.contains(&format!("stream=\"{stream}\"")) && l.contains(&format!("group=\"{group}\""))
+        })
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap() as u64)
+        .collect();
+    (!series.is_empty()).then(|| series.iter().sum())
+}
+
+/// Poll `/metrics` (bounded, ~10 s) until the group's lag is `want`.
+async fn wait_for_lag(gw: &TestGateway, stream: &str, group: &str, want: u64) -> String {
+    let client = reqwest::Client::new();
+    let mut text = String::new();
+    for _ in 0..500 {
+        text = client
+            .get(gw.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if lag_metric(&text, stream, group) == Some(want) {
+            return text;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("lag of {group} on {stream} never became {want}:\n{text}");
+}
+
+/// A declared group's lag is a metric per partition that follows the
+/// head and the commits; an undeclared group never becomes a label value.
+#[tokio::test]
+async fn declared_groups_export_their_lag() {
+    let text = r#"
+[read]
+consumer_lag_interval_ms = 100
+[tenants.default.streams.lagged]
+partitions = 2
+consumer_groups = ["billing"]
+"#;
+    let mut config: Config = toml::from_str(text).unwrap();
+    let base = test_config();
+    (config.listen, config.batch) = (base.listen, base.batch);
+    config.validate().unwrap();
+    let gw = TestGateway::start(config, common::gateway::memory()).await;
+    let client = reqwest::Client::new();
+    wait_for_lag(&gw, "lagged", "billing", 0).await;
+    let resp = client
+        .post(gw.url("/v1/streams/lagged/events"))
+        .header("content-type", "application/json")
+        .body(r#"[{"n":1},{"n":2},{"n":3},{"n":4},{"n":5}]"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let answer: Value = serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap();
+    let partition = answer["partition"].as_u64().unwrap();
+    wait_for_lag(&gw, "lagged", "billing", 5).await;
+
+    let commit = json!({"partitions": [{"partition": partition, "seq": null, "offset": 3}]});
+    let resp = client
+        .post(gw.url("/v1/streams/lagged/consumers/billing/commit"))
+        .body(commit.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+    wait_for_lag(&gw, "lagged", "billing", 2).await;
+
+    let adhoc = client
+        .get(gw.url("/v1/streams/lagged/consumers/adhoc"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(adhoc.status(), 200);
+    let metrics = client
+        .get(gw.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(lag_metric(&metrics, "lagged", "adhoc"), None, "{metrics}");
+    assert!(
+        metrics.contains("# TYPE sluice_consumer_lag_events gauge"),
+        "{metrics}"
+    );
+    gw.stop().await;
+}

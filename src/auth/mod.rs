@@ -185,6 +185,11 @@ impl Access {
         }
     }
 
+    /// Every tenant and its streams.
+    pub fn tenants(&self) -> &Tenants {
+        &self.tenants
+    }
+
     pub fn enabled(&self) -> bool {
         self.enabled
     }

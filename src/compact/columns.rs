@@ -64,6 +64,16 @@ impl Plan {
         self.index.get(name).copied()
     }
 
+    /// [`Plan::column`], trying `hint` first: events of a stream mostly
+    /// list their fields in one order, so the column after the previous
+    /// field's is usually the one, found without hashing.
+    pub fn column_hinted(&self, name: &str, hint: usize) -> Option<usize> {
+        match self.columns.get(hint) {
+            Some(c) if c.name == name => Some(hint),
+            _ => self.column(name),
+        }
+    }
+
     fn add(&mut self, name: &str, kind: Kind, max_columns: usize) {
         let folded = name.to_lowercase();
         let refused = name.is_empty()
@@ -94,25 +104,31 @@ impl Plan {
 
     /// Columns for the fields of `events`, in the order first seen.
     pub fn infer<'a>(events: impl Iterator<Item = &'a [u8]>, max_columns: usize) -> Plan {
-        let mut seen: HashMap<String, Option<Kind>> = HashMap::new();
-        let mut order: Vec<String> = Vec::new();
+        // Fields in first-seen order with their merged kind; found by the
+        // same hint as `column_hinted`, hashing only when the order changes.
+        let mut seen: Vec<(String, Option<Kind>)> = Vec::new();
+        let mut index: HashMap<String, usize> = HashMap::new();
         for event in events {
+            let mut hint = 0;
             // An event that is not an object has no fields; it goes to `_extra` whole.
             let _ = fields(event, |name, raw| {
                 let kind = kind_of(raw.get());
-                match seen.get_mut(name.as_ref()) {
-                    Some(known) => *known = merge(*known, kind),
-                    None => {
-                        order.push(name.to_string());
-                        seen.insert(name.into_owned(), kind);
-                    }
-                }
+                let at = match seen.get(hint) {
+                    Some((n, _)) if *n == name => Some(hint),
+                    _ => index.get(name.as_ref()).copied(),
+                };
+                let at = at.unwrap_or_else(|| {
+                    index.insert(name.to_string(), seen.len());
+                    seen.push((name.into_owned(), kind));
+                    seen.len() - 1
+                });
+                seen[at].1 = merge(seen[at].1, kind);
+                hint = at + 1;
             });
         }
         let mut plan = Plan::default();
-        for name in order {
-            let kind = seen.get(&name).copied().flatten().unwrap_or(Kind::Json);
-            plan.add(&name, kind, max_columns);
+        for (name, kind) in seen {
+            plan.add(&name, kind.unwrap_or(Kind::Json), max_columns);
         }
         plan
     }

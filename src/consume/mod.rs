@@ -10,6 +10,7 @@
 //! The same checkpoints over HTTP are [`routes`].
 
 pub mod checkpoint;
+pub mod lag;
 pub mod routes;
 
 use std::io::Write;

@@ -137,11 +137,16 @@ pub async fn describe(
     group: &str,
 ) -> Result<Response<Body>, Problem> {
     let g = group_of(app, grant, stream, group).await?;
+    let watched = super::lag::is_watched(app, &grant.tenant.name, stream, group);
     let mut rows = Vec::with_capacity(g.partitions as usize);
     for partition in 0..g.partitions {
         let cp = g.checkpoints.latest(partition).await?;
         let head = head_offset(app, &g, partition).await?;
         let offset = cp.as_ref().map_or(0, |c| c.offset);
+        if watched {
+            let lag = head.saturating_sub(offset);
+            super::lag::record(&grant.tenant.name, stream, group, partition, lag);
+        }
         rows.push(PartitionState {
             partition,
             offset,

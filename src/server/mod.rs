@@ -161,6 +161,7 @@ impl Gateway {
         if let Some(tls) = &tls {
             tls.spawn_reloader(app.closing());
         }
+        tokio::spawn(crate::consume::lag::schedule(app.clone()));
         if app.config.compaction.enabled {
             let schedule =
                 crate::compact::run::schedule(app.log.clone(), app.config.clone(), app.closing());
