@@ -29,6 +29,10 @@ pub enum ConfigError {
 pub struct Config {
     /// Address to listen on (`SLUICE_LISTEN`).
     pub listen: String,
+    /// A second listener serving only `GET /metrics` (and `/healthz`), without
+    /// keys, for a scraper on an internal network (`SLUICE_METRICS_LISTEN`).
+    /// Unset: metrics are on the main listener only.
+    pub metrics_listen: Option<String>,
     /// Store URL: `file://PATH`, `memory://`, `s3://BUCKET/PREFIX` (`SLUICE_STORE`).
     pub store: String,
     /// Tenant that owns every stream while auth is off.
@@ -286,6 +290,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: "127.0.0.1:8080".into(),
+            metrics_listen: None,
             store: "file://./sluice-data".into(),
             tenant: "default".into(),
             server: ServerConfig::default(),
@@ -452,7 +457,8 @@ impl Config {
     }
 
     /// Parse TOML `text` (from `shown`), then apply `SLUICE_*` overrides:
-    /// `SLUICE_LISTEN`, `SLUICE_STORE`, `SLUICE_TENANT` set top-level keys;
+    /// `SLUICE_LISTEN`, `SLUICE_METRICS_LISTEN`, `SLUICE_STORE`,
+    /// `SLUICE_TENANT` set top-level keys;
     /// `SLUICE_<SECTION>__<KEY>` sets `[section] key` (e.g.
     /// `SLUICE_BATCH__MAX_AGE_MS=50`). Values are TOML (numbers, booleans),
     /// or taken as strings. Other `SLUICE_*` variables are not config.
@@ -480,7 +486,7 @@ impl Config {
 
     /// Reject values that cannot work, naming the key.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let checks: [(&'static str, bool, &str); 12] = [
+        let checks: [(&'static str, bool, &str); 13] = [
             (
                 "read.poll_interval_ms",
                 self.read.poll_interval_ms > 0,
@@ -500,6 +506,13 @@ impl Config {
                 "listen",
                 self.listen.parse::<std::net::SocketAddr>().is_ok(),
                 "must be HOST:PORT with an IP address, e.g. 127.0.0.1:8080",
+            ),
+            (
+                "metrics_listen",
+                self.metrics_listen
+                    .as_ref()
+                    .is_none_or(|a| a.parse::<std::net::SocketAddr>().is_ok() && *a != self.listen),
+                "must be HOST:PORT with an IP address, other than listen",
             ),
             (
                 "tenant",
@@ -742,7 +755,8 @@ fn env_key(name: &str) -> Option<Vec<String>> {
     if let Some((section, key)) = rest.split_once("__") {
         return Some(vec![section.to_ascii_lowercase(), key.to_ascii_lowercase()]);
     }
-    matches!(rest, "LISTEN" | "STORE" | "TENANT").then(|| vec![rest.to_ascii_lowercase()])
+    matches!(rest, "LISTEN" | "METRICS_LISTEN" | "STORE" | "TENANT")
+        .then(|| vec![rest.to_ascii_lowercase()])
 }
 
 /// A TOML value if the text is one (number, boolean), else the text as a string.

@@ -64,6 +64,9 @@ struct Wire<'a> {
     errors_omitted: usize,
     #[serde(skip_serializing_if = "is_zero")]
     dead_lettered: usize,
+    /// The request's id (also in `X-Request-Id` and the gateway's log).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request_id: Option<String>,
 }
 
 fn is_zero(n: &usize) -> bool {
@@ -140,11 +143,13 @@ impl Problem {
             errors: &self.errors,
             errors_omitted: self.errors_omitted,
             dead_lettered: self.dead_lettered,
+            request_id: crate::server::request_id::current(),
         }
     }
 
     pub fn response(&self) -> Response<Body> {
         let body = self.wire();
+        self.log(body.request_id.as_deref());
         let json = serde_json::to_vec(&body).unwrap_or_default();
         let mut resp = Response::new(crate::body::full(Bytes::from(json)));
         *resp.status_mut() = self.status;
@@ -160,6 +165,22 @@ impl Problem {
             headers.insert(name, value.clone());
         }
         resp
+    }
+}
+
+impl Problem {
+    /// One log line per error answer: server errors at `error`, client
+    /// errors at `info` (rate limiting at `debug`: a flood must not flood the log).
+    fn log(&self, request_id: Option<&str>) {
+        let id = request_id.unwrap_or("-");
+        let (status, kind, detail) = (self.status.as_u16(), self.kind, &self.detail);
+        if self.status.is_server_error() {
+            tracing::error!(request_id = id, status, kind, detail = %detail, "request failed");
+        } else if self.status == StatusCode::TOO_MANY_REQUESTS {
+            tracing::debug!(request_id = id, status, kind, detail = %detail, "request refused");
+        } else {
+            tracing::info!(request_id = id, status, kind, detail = %detail, "request refused");
+        }
     }
 }
 

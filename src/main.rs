@@ -170,14 +170,7 @@ fn main() -> anyhow::Result<()> {
         | Command::Consume { .. }
         | Command::Compact { .. } => "warn",
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
-                .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_logs(default_level)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -285,6 +278,23 @@ fn main() -> anyhow::Result<()> {
             runtime.block_on(compact(config, store, scope))
         }
     }
+}
+
+/// Logs to stderr: level from `SLUICE_LOG` (else `RUST_LOG`, else
+/// `default_level`), one JSON object a line with `SLUICE_LOG_FORMAT=json`.
+fn init_logs(default_level: &str) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match std::env::var("SLUICE_LOG_FORMAT").as_deref() {
+        Ok("json") => logs.json().init(),
+        Ok("text") | Err(_) => logs.init(),
+        Ok(other) => anyhow::bail!("SLUICE_LOG_FORMAT={other:?}: use json or text"),
+    }
+    Ok(())
 }
 
 async fn compact(

@@ -792,3 +792,40 @@ async fn with_auth_off_only_same_origin_browsers_get_in() {
     }
     gw.stop().await;
 }
+
+/// `metrics_listen`: a second port serves `/metrics` without a key (and
+/// nothing else), while the main port still wants the `metrics` scope.
+#[tokio::test]
+async fn the_metrics_listener_serves_metrics_without_a_key_and_nothing_else() {
+    let keys = Keys::new();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let metrics_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let gateway = sluice::server::Gateway::with_store(keys.config(""), memory(), listener)
+        .with_metrics_listener(metrics_listener);
+    let (main, side) = (
+        gateway.local_addr().unwrap(),
+        gateway.metrics_addr().unwrap(),
+    );
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(gateway.run(async {
+        let _ = stopped.await;
+    }));
+    let client = reqwest::Client::new();
+    let get =
+        |addr: std::net::SocketAddr, path: &str| client.get(format!("http://{addr}{path}")).send();
+    assert_eq!(get(main, "/metrics").await.unwrap().status(), 401);
+    let scraped = get(side, "/metrics").await.unwrap();
+    assert_eq!(scraped.status(), 200);
+    let text = scraped.text().await.unwrap();
+    assert!(text.contains("sluice_http_requests_total"), "{text}");
+    assert_eq!(get(side, "/healthz").await.unwrap().status(), 200);
+    let other = get(side, "/v1/streams").await.unwrap();
+    assert_eq!(other.status(), 404);
+    assert!(other
+        .text()
+        .await
+        .unwrap()
+        .contains("GET /metrics and GET /healthz only"));
+    let _ = stop.send(());
+    task.await.unwrap();
+}

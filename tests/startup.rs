@@ -97,3 +97,75 @@ fn check_config_validates_file_and_environment_without_serving() {
     let (ok, _, err) = check_config(&[path], &[("SLUICE_BATCH__MAX_AGEE_MS", "5")]);
     assert!(!ok && err.contains("max_agee_ms"), "{err}");
 }
+
+/// `SLUICE_LOG_FORMAT=json`: one JSON object a line on stderr, and a refused
+/// request's line carries the id the client got in `X-Request-Id` and in
+/// the problem body.
+#[test]
+fn json_logs_carry_the_request_id_of_each_error() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let data = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("serve")
+        .env("SLUICE_LISTEN", "127.0.0.1:0")
+        .env("SLUICE_STORE", format!("file://{}", data.path().display()))
+        .env("SLUICE_LOG_FORMAT", "json")
+        .env("SLUICE_LOG", "info")
+        .env_remove("SLUICE_CONFIG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap()
+        .to_string();
+
+    let mut conn = std::net::TcpStream::connect(&addr).unwrap();
+    let body = "{not json";
+    write!(
+        conn,
+        "POST /v1/streams/clicks/events HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         X-Request-Id: client-id-42\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(
+        answer
+            .to_ascii_lowercase()
+            .contains("x-request-id: client-id-42"),
+        "{answer}"
+    );
+    assert!(
+        answer.contains(r#""request_id":"client-id-42""#),
+        "{answer}"
+    );
+
+    let _ = child.kill();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    let _ = child.wait();
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let error = lines
+        .iter()
+        .find(|l| l["fields"]["request_id"] == "client-id-42")
+        .unwrap_or_else(|| panic!("no log line with the request id:\n{stderr}"));
+    assert_eq!(error["fields"]["status"], 400, "{error}");
+    assert_eq!(error["level"], "INFO", "{error}");
+}

@@ -98,7 +98,7 @@ pub async fn schedule(log: Arc<Log>, config: Config, mut stop: tokio::sync::watc
     loop {
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
-            _ = stop.wait_for(|s| *s) => return,
+            _ = async { stop.wait_for(|s| *s).await.map(|_| ()) } => return,
         }
         let now_ms = chrono::Utc::now().timestamp_millis();
         let look_back = i64::from(config.compaction.lookback_hours) * 3_600_000;

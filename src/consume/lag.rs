@@ -113,7 +113,7 @@ pub async fn schedule(app: Arc<App>) {
         refresh(&app).await;
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
-            _ = closing.wait_for(|c| *c) => return,
+            _ = async { closing.wait_for(|c| *c).await.map(|_| ()) } => return,
         }
     }
 }

@@ -5,6 +5,8 @@
 //! stop accepting → finish in-flight requests → flush every buffer). Request
 //! handling lives in `routes` and `ingest`.
 
+mod metrics_listener;
+pub mod request_id;
 mod routes;
 pub mod tls;
 pub mod upgrade;
@@ -93,6 +95,8 @@ pub struct Gateway {
     pub app: Arc<App>,
     listener: TcpListener,
     tls: Option<Arc<tls::Tls>>,
+    /// `metrics_listen`: `/metrics` without keys on a second port.
+    metrics_listener: Option<TcpListener>,
 }
 
 impl Gateway {
@@ -107,9 +111,28 @@ impl Gateway {
                 source,
             }
         })?;
+        let metrics_listener = match &config.metrics_listen {
+            Some(addr) => Some(listen(addr, 128).map_err(|source| StartError::Bind {
+                addr: addr.clone(),
+                source,
+            })?),
+            None => None,
+        };
         let mut gateway = Gateway::with_store(config, store, listener);
         gateway.tls = tls;
+        gateway.metrics_listener = metrics_listener;
         Ok(gateway)
+    }
+
+    /// Also serve `/metrics` on `listener` (tests; `bind` opens `metrics_listen`).
+    pub fn with_metrics_listener(mut self, listener: TcpListener) -> Self {
+        self.metrics_listener = Some(listener);
+        self
+    }
+
+    /// Address of the metrics listener, when there is one.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener.as_ref()?.local_addr().ok()
     }
 
     /// Serve TLS with `tls` (tests; `bind` loads it from the config).
@@ -148,6 +171,7 @@ impl Gateway {
             app,
             listener,
             tls: None,
+            metrics_listener: None,
         }
     }
 
@@ -157,7 +181,15 @@ impl Gateway {
 
     /// Serve until `shutdown` resolves, then drain and flush.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        let Gateway { app, listener, tls } = self;
+        let Gateway {
+            app,
+            listener,
+            tls,
+            metrics_listener,
+        } = self;
+        if let Some(listener) = metrics_listener {
+            tokio::spawn(metrics_listener::serve(app.clone(), listener));
+        }
         if let Some(tls) = &tls {
             tls.spawn_reloader(app.closing());
         }

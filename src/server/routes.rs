@@ -13,7 +13,7 @@ use http::{header, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use object_store::ObjectStoreExt;
 
-use super::App;
+use super::{request_id, App};
 use crate::auth::{self, Action};
 use crate::error::Problem;
 use crate::{consume, ingest, read};
@@ -63,10 +63,17 @@ pub async fn route(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Bod
     inflight.increment(1.0);
     let cors = app.access.cors_origin(req.headers());
     let preflight = auth::is_preflight(&req);
-    let mut resp = match preflight {
-        true => app.access.preflight(&req),
-        false => dispatch(&app, req).await.unwrap_or_else(|p| p.response()),
+    let id = request_id::choose(req.headers());
+    let answer = async {
+        match preflight {
+            true => app.access.preflight(&req),
+            false => dispatch(&app, req).await.unwrap_or_else(|p| p.response()),
+        }
     };
+    let mut resp = request_id::scope(id.clone(), answer).await;
+    if let Ok(value) = http::HeaderValue::from_str(&id) {
+        resp.headers_mut().insert(request_id::HEADER, value);
+    }
     app.access.vary(resp.headers_mut());
     // A refused preflight carries no CORS headers: the browser must not send.
     if let Some(origin) = cors.filter(|_| !preflight || resp.status() == StatusCode::NO_CONTENT) {
@@ -143,7 +150,7 @@ async fn dispatch(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Bod
     }
 }
 
-fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+pub(super) fn text(status: StatusCode, body: &'static str) -> Response<Body> {
     let mut resp = Response::new(crate::body::full(Bytes::from_static(body.as_bytes())));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
@@ -175,7 +182,7 @@ async fn readyz(app: &Arc<App>) -> Response<Body> {
     }
 }
 
-fn metrics(app: &Arc<App>) -> Response<Body> {
+pub(super) fn metrics(app: &Arc<App>) -> Response<Body> {
     let mut resp = Response::new(crate::body::full(Bytes::from(app.metrics.render())));
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
