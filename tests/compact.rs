@@ -175,7 +175,7 @@ fn assert_table_matches(
 fn raw_fields(event: &str) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     sluice::compact::columns::fields(event.as_bytes(), |k, v| {
-        out.insert(k.into_owned(), v.get().to_string());
+        out.insert(k.into_owned(), String::from_utf8(v.to_vec()).unwrap());
     })
     .unwrap();
     out

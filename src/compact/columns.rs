@@ -12,10 +12,7 @@
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
-use std::fmt;
 
-use serde::de::{self, DeserializeSeed, MapAccess, Visitor};
-use serde_json::value::RawValue;
 use serde_json::Value;
 
 /// The column of fields that have no column of their own.
@@ -112,7 +109,7 @@ impl Plan {
             let mut hint = 0;
             // An event that is not an object has no fields; it goes to `_extra` whole.
             let _ = fields(event, |name, raw| {
-                let kind = kind_of(raw.get());
+                let kind = kind_of(raw);
                 let at = match seen.get(hint) {
                     Some((n, _)) if *n == name => Some(hint),
                     _ => index.get(name.as_ref()).copied(),
@@ -152,16 +149,21 @@ fn declared_kind(property: &Value) -> Kind {
 }
 
 /// The kind of one JSON value's text; `None` for `null`.
-pub fn kind_of(raw: &str) -> Option<Kind> {
-    match raw.as_bytes().first() {
+pub fn kind_of(raw: &[u8]) -> Option<Kind> {
+    match raw.first() {
         Some(b'"') => Some(Kind::String),
         Some(b't' | b'f') => Some(Kind::Boolean),
         Some(b'n') => None,
         Some(b'{' | b'[') => Some(Kind::Json),
-        _ if raw.bytes().any(|b| matches!(b, b'.' | b'e' | b'E')) => Some(Kind::Number),
-        _ if raw.parse::<i64>().is_ok() => Some(Kind::Integer),
+        _ if raw.iter().any(|b| matches!(b, b'.' | b'e' | b'E')) => Some(Kind::Number),
+        _ if integer(raw).is_some() => Some(Kind::Integer),
         _ => Some(Kind::Json),
     }
+}
+
+/// A JSON integer's value, if it fits an `i64`.
+pub fn integer(raw: &[u8]) -> Option<i64> {
+    std::str::from_utf8(raw).ok()?.parse().ok()
 }
 
 fn merge(known: Option<Kind>, next: Option<Kind>) -> Option<Kind> {
@@ -172,60 +174,131 @@ fn merge(known: Option<Kind>, next: Option<Kind>) -> Option<Kind> {
     }
 }
 
+/// `event` is not one JSON object (only possible for bytes that were never
+/// validated: the gateway stores objects only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("not a JSON object")]
+pub struct NotAnObject;
+
 /// Call `each` with every top-level field of the JSON object `event`: its
 /// name (borrowed unless it has escapes) and its value's text as sent.
-/// Fails when `event` is not one JSON object.
+///
+/// A byte scan, not a parse: committed events were validated as JSON when
+/// they were ingested, so only the object's top level is walked (strings
+/// skipped to their closing quote, nested values by depth). Bytes that do
+/// not fit the grammar's shape fail the whole event, which the table keeps
+/// whole in `_extra`.
 pub fn fields<'a>(
     event: &'a [u8],
-    each: impl FnMut(Cow<'a, str>, &'a RawValue),
-) -> Result<(), serde_json::Error> {
-    let mut de = serde_json::Deserializer::from_slice(event);
-    de::Deserializer::deserialize_map(&mut de, Fields(each))?;
-    de.end()
-}
-
-struct Fields<F>(F);
-
-impl<'de, F: FnMut(Cow<'de, str>, &'de RawValue)> Visitor<'de> for Fields<F> {
-    type Value = ();
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a JSON object")
+    mut each: impl FnMut(Cow<'a, str>, &'a [u8]),
+) -> Result<(), NotAnObject> {
+    let mut i = skip_ws(event, 0);
+    if event.get(i) != Some(&b'{') {
+        return Err(NotAnObject);
     }
-
-    fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> Result<(), A::Error> {
-        while let Some(name) = map.next_key_seed(Name)? {
-            let raw: &'de RawValue = map.next_value()?;
-            (self.0)(name, raw);
+    i = skip_ws(event, i + 1);
+    if event.get(i) == Some(&b'}') {
+        return at_end(event, i + 1);
+    }
+    loop {
+        if event.get(i) != Some(&b'"') {
+            return Err(NotAnObject);
         }
-        Ok(())
+        let name_end = string_end(event, i)?;
+        let name = name_of(&event[i..name_end])?;
+        i = skip_ws(event, name_end);
+        if event.get(i) != Some(&b':') {
+            return Err(NotAnObject);
+        }
+        i = skip_ws(event, i + 1);
+        let value_end = value_end(event, i)?;
+        each(name, &event[i..value_end]);
+        i = skip_ws(event, value_end);
+        match event.get(i) {
+            Some(b',') => i = skip_ws(event, i + 1),
+            Some(b'}') => return at_end(event, i + 1),
+            _ => return Err(NotAnObject),
+        }
     }
 }
 
-struct Name;
+fn skip_ws(b: &[u8], mut i: usize) -> usize {
+    while matches!(b.get(i), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+        i += 1;
+    }
+    i
+}
 
-impl<'de> DeserializeSeed<'de> for Name {
-    type Value = Cow<'de, str>;
-
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_str(self)
+fn at_end(b: &[u8], i: usize) -> Result<(), NotAnObject> {
+    match skip_ws(b, i) == b.len() {
+        true => Ok(()),
+        false => Err(NotAnObject),
     }
 }
 
-impl<'de> Visitor<'de> for Name {
-    type Value = Cow<'de, str>;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a field name")
+/// Index after the closing quote of the string opening at `start`.
+fn string_end(b: &[u8], start: usize) -> Result<usize, NotAnObject> {
+    let mut i = start + 1;
+    loop {
+        let at =
+            i + memchr::memchr2(b'"', b'\\', b.get(i..).ok_or(NotAnObject)?).ok_or(NotAnObject)?;
+        if b[at] == b'"' {
+            return Ok(at + 1);
+        }
+        i = at + 2;
     }
+}
 
-    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
-        Ok(Cow::Borrowed(v))
+/// Index after the value starting at `start`.
+fn value_end(b: &[u8], start: usize) -> Result<usize, NotAnObject> {
+    match b.get(start).ok_or(NotAnObject)? {
+        b'"' => string_end(b, start),
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            let mut i = start;
+            while let Some(&c) = b.get(i) {
+                match c {
+                    b'"' => {
+                        i = string_end(b, i)?;
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Ok(i + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                i += 1;
+            }
+            Err(NotAnObject)
+        }
+        _ => {
+            let len = b[start..]
+                .iter()
+                .position(|c| matches!(c, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r'))
+                .unwrap_or(b.len() - start);
+            match len {
+                0 => Err(NotAnObject),
+                _ => Ok(start + len),
+            }
+        }
     }
+}
 
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-        Ok(Cow::Owned(v.to_string()))
+/// A name from its quoted text: borrowed when it has no escapes.
+fn name_of(quoted: &[u8]) -> Result<Cow<'_, str>, NotAnObject> {
+    let inner = &quoted[1..quoted.len() - 1];
+    if memchr::memchr(b'\\', inner).is_none() {
+        return std::str::from_utf8(inner)
+            .map(Cow::Borrowed)
+            .map_err(|_| NotAnObject);
     }
+    serde_json::from_slice::<String>(quoted)
+        .map(Cow::Owned)
+        .map_err(|_| NotAnObject)
 }
 
 #[cfg(test)]
@@ -296,18 +369,41 @@ mod tests {
     #[test]
     fn fields_borrow_plain_names_and_keep_values_as_sent() {
         let mut seen = Vec::new();
-        fields(br#"{"a" : [1, 2],"b\u0041":"x\n"}"#, |k, v| {
-            seen.push((matches!(k, Cow::Borrowed(_)), k.into_owned(), v.get()))
+        let event = br#" { "a" : [1, {"]": "}\""}],"b\u0041":"x\n" , "c":-1.5e3,"d":{},"e":null} "#;
+        fields(event, |k, v| {
+            let v = std::str::from_utf8(v).unwrap();
+            seen.push((matches!(k, Cow::Borrowed(_)), k.into_owned(), v))
         })
         .unwrap();
         assert_eq!(
             seen,
             [
-                (true, "a".to_string(), "[1, 2]"),
-                (false, "bA".to_string(), r#""x\n""#)
+                (true, "a".to_string(), r#"[1, {"]": "}\""}]"#),
+                (false, "bA".to_string(), r#""x\n""#),
+                (true, "c".to_string(), "-1.5e3"),
+                (true, "d".to_string(), "{}"),
+                (true, "e".to_string(), "null"),
             ]
         );
-        assert!(fields(b"[1]", |_, _| {}).is_err());
-        assert!(fields(b"{} x", |_, _| {}).is_err());
+        // The same fields as a full parse finds, for every shape it accepts.
+        let parsed: serde_json::Map<String, Value> = serde_json::from_slice(event).unwrap();
+        assert_eq!(seen.len(), parsed.len());
+        for bad in [
+            &b"[1]"[..],
+            b"{} x",
+            b"",
+            b"{",
+            br#"{"a"}"#,
+            br#"{"a":1,}"#,
+            br#"{"a":"x}"#,
+            br#"{"a":}"#,
+        ] {
+            assert!(
+                fields(bad, |_, _| {}).is_err(),
+                "{:?}",
+                std::str::from_utf8(bad)
+            );
+        }
+        assert!(fields(b"{}", |_, _| {}).is_ok());
     }
 }

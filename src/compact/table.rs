@@ -18,7 +18,7 @@ use parquet::file::properties::{WriterProperties, WriterVersion};
 use parquet::file::writer::{SerializedColumnWriter, SerializedFileWriter};
 use parquet::schema::types::{ColumnPath, Type};
 
-use super::columns::{fields, Kind, Plan, EXTRA};
+use super::columns::{fields, integer, Kind, Plan, EXTRA};
 
 /// Table encoding failures (a bug or a resource limit, never bad input).
 #[derive(Debug, thiserror::Error)]
@@ -127,10 +127,10 @@ impl Pending {
 
     /// Add `raw` (a value's JSON text, a slice of `event`) if it fits this
     /// column's type; `false` leaves the column untouched.
-    fn push(&mut self, event: &Bytes, raw: &str) -> bool {
+    fn push(&mut self, event: &Bytes, raw: &[u8]) -> bool {
         let pushed = match (&mut self.values, self.kind) {
             (Values::Bytes(v), Kind::Json) => {
-                v.push(ByteArray::from(event.slice_ref(raw.as_bytes())));
+                v.push(ByteArray::from(event.slice_ref(raw)));
                 true
             }
             (Values::Bytes(v), _) => match string_value(event, raw) {
@@ -141,21 +141,21 @@ impl Pending {
                 None => false,
             },
             (Values::Bool(v), _) => match raw {
-                "true" | "false" => {
-                    v.push(raw == "true");
+                b"true" | b"false" => {
+                    v.push(raw == b"true");
                     true
                 }
                 _ => false,
             },
-            (Values::Int(v), _) => match raw.parse() {
-                Ok(i) => {
+            (Values::Int(v), _) => match integer(raw) {
+                Some(i) => {
                     v.push(i);
                     true
                 }
-                Err(_) => false,
+                None => false,
             },
-            (Values::Float(v), _) => match raw.parse::<f64>() {
-                Ok(f) if f.is_finite() => {
+            (Values::Float(v), _) => match float(raw) {
+                Some(f) => {
                     v.push(f);
                     true
                 }
@@ -192,12 +192,18 @@ impl Pending {
 }
 
 /// A JSON string's value: a slice of `event` when it has no escapes.
-fn string_value(event: &Bytes, raw: &str) -> Option<Bytes> {
-    let inner = raw.strip_prefix('"')?.strip_suffix('"')?;
-    if !inner.contains('\\') {
-        return Some(event.slice_ref(inner.as_bytes()));
+fn string_value(event: &Bytes, raw: &[u8]) -> Option<Bytes> {
+    let inner = raw.strip_prefix(b"\"")?.strip_suffix(b"\"")?;
+    if memchr::memchr(b'\\', inner).is_none() {
+        return Some(event.slice_ref(inner));
     }
-    serde_json::from_str::<String>(raw).ok().map(Bytes::from)
+    serde_json::from_slice::<String>(raw).ok().map(Bytes::from)
+}
+
+/// A JSON number's value as a finite double.
+fn float(raw: &[u8]) -> Option<f64> {
+    let f: f64 = std::str::from_utf8(raw).ok()?.parse().ok()?;
+    f.is_finite().then_some(f)
 }
 
 /// The rows of the row group being built, column by column.
@@ -315,15 +321,14 @@ impl TableWriter {
             let placed = column.is_some_and(|i| {
                 let column = &mut group.columns[i];
                 // `null` leaves the column null, as a missing field does.
-                column.defs.len() == before
-                    && (raw.get() == "null" || column.push(event, raw.get()))
+                column.defs.len() == before && (raw == b"null" || column.push(event, raw))
             });
             if !placed {
                 extra.push(if extra.is_empty() { b'{' } else { b',' });
                 // A name is a string; writing one to a Vec cannot fail.
                 let _ = serde_json::to_writer(&mut extra, name.as_ref());
                 extra.push(b':');
-                extra.extend_from_slice(raw.get().as_bytes());
+                extra.extend_from_slice(raw);
             }
         });
         for column in &mut group.columns {
