@@ -51,6 +51,9 @@ pub struct Config {
     pub tenants: BTreeMap<String, TenantConfig>,
     /// API keys. With none declared, auth is off (and a warning is logged).
     pub keys: Vec<KeyConfig>,
+    /// Garbage collection: retention and orphan segments (`sluice gc`, or
+    /// a schedule inside `serve`).
+    pub gc: crate::gc::GcConfig,
 }
 
 /// Authentication switches.
@@ -110,6 +113,9 @@ pub struct StreamConfig {
     /// Consumer groups whose lag the gateway exports
     /// (`sluice_consumer_lag_events`); only these, so label values stay bounded.
     pub consumer_groups: Vec<String>,
+    /// How long events are kept (`"30m"`, `"12h"`, `"7d"`, or `"forever"`);
+    /// unset: `streams.retention`. Garbage collection deletes older ones.
+    pub retention: Option<String>,
 }
 
 /// What a key may do.
@@ -284,6 +290,10 @@ pub struct StreamsConfig {
     pub max_streams: usize,
     /// Streams are created on first write; off: only declared streams exist.
     pub auto_create: bool,
+    /// How long every stream keeps its events unless it sets its own
+    /// (`"30m"`, `"12h"`, `"7d"`); unset: forever. Garbage collection
+    /// (`sluice gc`, `[gc]`) deletes what is older.
+    pub retention: Option<String>,
 }
 
 impl Default for Config {
@@ -304,6 +314,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             tenants: BTreeMap::new(),
             keys: Vec::new(),
+            gc: crate::gc::GcConfig::default(),
         }
     }
 }
@@ -397,6 +408,7 @@ impl Default for StreamsConfig {
             partitions: 4,
             max_streams: 1_000,
             auto_create: true,
+            retention: None,
         }
     }
 }
@@ -564,6 +576,12 @@ impl Config {
             }
         }
         self.compaction.validate()?;
+        if let Some(r) = &self.streams.retention {
+            check_retention("streams.retention", r)?;
+        }
+        self.gc
+            .validate(&self.batch)
+            .map_err(|(key, message)| ConfigError::Invalid { key, message })?;
         self.validate_access()
     }
 
@@ -693,6 +711,9 @@ impl Config {
                 "must be between 1 and limits.max_decoded_bytes",
             );
         }
+        if let Some(r) = &s.retention {
+            check_retention(&format!("{at}.retention"), r)?;
+        }
         if let Err(m) = crate::validate::Schema::document_of(s)
             .and_then(|doc| doc.map(crate::validate::Schema::compile).transpose())
         {
@@ -718,6 +739,15 @@ impl Config {
         }
         check_rate(&format!("{at}.rate"), &s.rate)
     }
+}
+
+fn check_retention(at: &str, text: &str) -> Result<(), ConfigError> {
+    crate::gc::config::parse_retention(text)
+        .map(|_| ())
+        .map_err(|m| ConfigError::Invalid {
+            key: at.to_string(),
+            message: format!("{m}, or \"forever\""),
+        })
 }
 
 fn check_rate(at: &str, rate: &RateConfig) -> Result<(), ConfigError> {
@@ -829,6 +859,33 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("nope"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_retention_names_the_file_and_the_key() {
+        let file = "[tenants.acme.streams.clicks]\nretention = \"7x\"\n";
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sluice.toml");
+        std::fs::write(&path, file).unwrap();
+        let err = Config::load(Some(&path)).unwrap_err().to_string();
+        assert!(err.contains("sluice.toml"), "{err}");
+        assert!(
+            err.contains("tenants.acme.streams.clicks.retention"),
+            "{err}"
+        );
+        assert!(err.contains("\"7x\" is not a duration"), "{err}");
+        let c: Config = toml::from_str("[streams]\nretention = \"2w\"").unwrap();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("streams.retention"), "{err}");
+        let c: Config =
+            toml::from_str("[streams]\nretention = \"7d\"\n[gc]\ninterval = \"soon\"").unwrap();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("gc.interval"), "{err}");
+        let ok: Config = toml::from_str(
+            "[streams]\nretention = \"12h\"\n[tenants.a.streams.s]\nretention = \"forever\"",
+        )
+        .unwrap();
+        ok.validate().unwrap();
     }
 
     #[test]

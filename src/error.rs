@@ -46,9 +46,19 @@ pub struct Problem {
     pub errors_omitted: usize,
     /// Invalid events written to the dead-letter stream (422).
     pub dead_lettered: usize,
-    /// Extra response headers (`RateLimit`, `WWW-Authenticate`); boxed, as
-    /// most problems have none.
-    pub headers: Option<Box<http::HeaderMap>>,
+    /// Extra response headers and document members; boxed, as most
+    /// problems have none (and errors stay small on the happy path).
+    pub extra: Option<Box<Extra>>,
+}
+
+/// What few problems carry beyond status, type and detail.
+#[derive(Debug, Clone, Default)]
+pub struct Extra {
+    /// Extra response headers (`RateLimit`, `WWW-Authenticate`).
+    pub headers: http::HeaderMap,
+    /// Extension members of the problem document (RFC 9457 §3.2), e.g.
+    /// `first_offset` of `offset-expired`.
+    pub members: serde_json::Map<String, serde_json::Value>,
 }
 
 #[derive(Serialize)]
@@ -67,6 +77,8 @@ struct Wire<'a> {
     /// The request's id (also in `X-Request-Id` and the gateway's log).
     #[serde(skip_serializing_if = "Option::is_none")]
     request_id: Option<String>,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    members: Option<&'a serde_json::Map<String, serde_json::Value>>,
 }
 
 fn is_zero(n: &usize) -> bool {
@@ -89,12 +101,30 @@ impl Problem {
             errors: Vec::new(),
             errors_omitted: 0,
             dead_lettered: 0,
-            headers: None,
+            extra: None,
         }
     }
 
+    /// Add an extension member to the document.
+    pub fn member(mut self, name: &str, value: impl Into<serde_json::Value>) -> Self {
+        self.extra
+            .get_or_insert_with(Default::default)
+            .members
+            .insert(name.to_string(), value.into());
+        self
+    }
+
+    /// 410 `offset-expired`: `offset` of `partition` was deleted by
+    /// retention; `first_offset` is where the partition's retained log starts.
+    pub fn offset_expired(partition: u32, offset: u64, first_offset: u64, detail: String) -> Self {
+        Problem::new(StatusCode::GONE, "offset-expired", "Offset expired", detail)
+            .member("partition", partition)
+            .member("offset", offset)
+            .member("first_offset", first_offset)
+    }
+
     pub fn headers_mut(&mut self) -> &mut http::HeaderMap {
-        self.headers.get_or_insert_with(Default::default)
+        &mut self.extra.get_or_insert_with(Default::default).headers
     }
 
     pub fn retry_after(mut self, seconds: u32) -> Self {
@@ -144,6 +174,11 @@ impl Problem {
             errors_omitted: self.errors_omitted,
             dead_lettered: self.dead_lettered,
             request_id: crate::server::request_id::current(),
+            members: self
+                .extra
+                .as_ref()
+                .map(|e| &e.members)
+                .filter(|m| !m.is_empty()),
         }
     }
 
@@ -161,7 +196,7 @@ impl Problem {
         if let Some(s) = self.retry_after {
             headers.insert(header::RETRY_AFTER, header::HeaderValue::from(s));
         }
-        for (name, value) in self.headers.iter().flat_map(|h| h.iter()) {
+        for (name, value) in self.extra.iter().flat_map(|e| e.headers.iter()) {
             headers.insert(name, value.clone());
         }
         resp

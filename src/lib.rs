@@ -12,6 +12,8 @@
 //! - [`read`]: tailers, the segment cache, long-poll and Server-Sent Events.
 //! - [`store`]: opens the object store a URL names (file, memory, S3).
 //! - [`consume`]: consumer groups: checkpoints, read to the head, commit after output.
+//! - [`gc`]: garbage collection beside the gateway (retention, orphan
+//!   segments), by `sluice gc` or a schedule inside `serve`.
 //!
 //! Beside the path: [`config`] (settings), [`tenants`] (each tenant's
 //! streams and their settings), [`error`] (problem+json),
@@ -28,6 +30,7 @@ pub mod consume;
 pub mod decode;
 pub mod error;
 pub mod faults;
+pub mod gc;
 pub mod ingest;
 pub mod limit;
 pub mod log;

@@ -1,4 +1,4 @@
-//! The `sluice` command line: `serve`, `check-config`, `keygen`, `tail`, `replay`, `consume`.
+//! The `sluice` command line: `serve`, `check-config`, `keygen`, `tail`, `replay`, `consume`, `compact`, `gc`.
 
 use std::path::PathBuf;
 
@@ -101,7 +101,8 @@ enum Command {
     /// Read a consumer group's batch: from its checkpoints to the head of
     /// every partition, write it out, then advance the checkpoints (at least
     /// once). Exit 0 on success, 4 when another consumer of the group
-    /// advanced a partition first (run again), 2 for an unknown format, 1 on errors.
+    /// advanced a partition first (run again), 5 when a checkpoint is below
+    /// what retention kept (see --skip-expired), 2 for an unknown format, 1 on errors.
     Consume {
         /// The consumer group.
         #[arg(long)]
@@ -133,6 +134,11 @@ enum Command {
         /// Partitions read at least (more when the bucket holds a higher one).
         #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=9999))]
         partitions: u32,
+        /// A checkpoint below the first retained offset (retention deleted
+        /// events the group never read) moves on to it instead of failing:
+        /// the group never gets those events; stderr says how many.
+        #[arg(long)]
+        skip_expired: bool,
     },
     // --- end consume ---
     /// Write closed hours of streams as Parquet under `tables/dt=…/hr=…/`
@@ -156,6 +162,27 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    // --- gc ---
+    /// Garbage collection: delete the records and segments older than each
+    /// stream's retention (the low watermark keeps offsets monotonic) and
+    /// orphan segments older than gc.orphan_grace. Safe to run anywhere,
+    /// any number at once. Prints what it did; exit 0 when every stream
+    /// was collected, 1 otherwise.
+    Gc {
+        /// TOML configuration file with the retentions and [gc] (also SLUICE_CONFIG).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The bucket (default: the configuration's `store`, SLUICE_STORE).
+        #[arg(long)]
+        store: Option<String>,
+        /// Only this tenant (default: every tenant of the configuration).
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Only this stream (of --tenant, or of the default tenant).
+        #[arg(long)]
+        stream: Option<String>,
+    },
+    // --- end gc ---
 }
 
 fn main() -> anyhow::Result<()> {
@@ -168,7 +195,8 @@ fn main() -> anyhow::Result<()> {
         | Command::Keygen { .. }
         | Command::Replay { .. }
         | Command::Consume { .. }
-        | Command::Compact { .. } => "warn",
+        | Command::Compact { .. }
+        | Command::Gc { .. } => "warn",
     };
     init_logs(default_level)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -244,6 +272,7 @@ fn main() -> anyhow::Result<()> {
             max_events,
             max_bytes,
             partitions,
+            skip_expired,
         } => {
             let output = match out.as_str() {
                 "-" => sluice::consume::Output::Stdout,
@@ -259,6 +288,7 @@ fn main() -> anyhow::Result<()> {
                 max_events: Some(max_events),
                 max_bytes,
                 partitions,
+                skip_expired,
             };
             runtime.block_on(consume(opts))
         }
@@ -277,8 +307,72 @@ fn main() -> anyhow::Result<()> {
             };
             runtime.block_on(compact(config, store, scope))
         }
+        Command::Gc {
+            config,
+            store,
+            tenant,
+            stream,
+        } => runtime.block_on(gc(config, store, tenant, stream)),
     }
 }
+
+// --- gc ---
+async fn gc(
+    file: Option<PathBuf>,
+    store: Option<String>,
+    tenant: Option<String>,
+    stream: Option<String>,
+) -> anyhow::Result<()> {
+    use sluice::gc::{Gc, Scope};
+    let mut config = Config::load(file.as_deref())?;
+    if let Some(url) = store {
+        config.store = url;
+    }
+    config
+        .gc
+        .check_grace(&config.batch)
+        .map_err(|(key, message)| anyhow::anyhow!("configuration key {key}: {message}"))?;
+    let opened = sluice::consume::open_store(&config.store).await?;
+    let policy = sluice::log::retry::RetryPolicy {
+        deadline: config.batch.store_retry(),
+        ..Default::default()
+    };
+    let log = std::sync::Arc::new(sluice::log::Log::new(opened, "gc", policy));
+    let scope = Scope {
+        tenant: tenant.or_else(|| stream.as_ref().map(|_| config.tenant.clone())),
+        stream,
+    };
+    let report = Gc::new(log, &config)
+        .run(&scope, chrono::Utc::now())
+        .await?;
+    for s in &report.streams {
+        if let Some(why) = &s.skipped {
+            println!("{}/{}: left alone: {why}", s.tenant, s.stream);
+            continue;
+        }
+        let keep = s
+            .retention
+            .map_or("forever".to_string(), |d| format!("{}s", d.as_secs()));
+        println!(
+            "{}/{}: retention {keep}; {} orphan segments deleted ({} hours checked, {} late segments kept)",
+            s.tenant, s.stream, s.orphans_deleted, s.hours_checked, s.late_kept
+        );
+        for p in &s.partitions {
+            println!(
+                "  partition {}: first retained offset {} -> {} (seq {} -> {}); {} records, {} segments deleted",
+                p.partition, p.from.1, p.to.1, p.from.0, p.to.0, p.records_deleted, p.segments_deleted
+            );
+        }
+        if let Some(e) = &s.error {
+            eprintln!("sluice gc: {}/{}: {e}", s.tenant, s.stream);
+        }
+    }
+    if report.failed() {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+// --- end gc ---
 
 /// Logs to stderr: level from `SLUICE_LOG` (else `RUST_LOG`, else
 /// `default_level`), one JSON object a line with `SLUICE_LOG_FORMAT=json`.
@@ -352,6 +446,15 @@ async fn consume(opts: sluice::consume::ConsumeOptions) -> anyhow::Result<()> {
     for (partition, error) in &report.failures {
         eprintln!("sluice consume: partition {partition}: checkpoint not written: {error}");
     }
+    for p in report.partitions.iter().filter(|p| p.skipped > 0) {
+        eprintln!(
+            "sluice consume: partition {}: skipped {} events deleted by retention (offsets {}..{})",
+            p.partition,
+            p.skipped,
+            p.from_offset,
+            p.from_offset + p.skipped
+        );
+    }
     for c in &report.conflicts {
         eprintln!("sluice consume: {c}");
     }
@@ -364,12 +467,14 @@ async fn consume(opts: sluice::consume::ConsumeOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Print a consume error and exit: 4 conflict, 2 unknown format, 1 otherwise.
+/// Print a consume error and exit: 4 conflict, 5 expired checkpoint, 2
+/// unknown format, 1 otherwise.
 fn consume_exit(e: &sluice::consume::ConsumeError) -> ! {
     use sluice::consume::ConsumeError;
     eprintln!("sluice consume: {e}");
     let code = match e {
         ConsumeError::Conflict(_) => 4,
+        ConsumeError::Expired { .. } => 5,
         ConsumeError::UnknownFormat(_) => 2,
         _ => 1,
     };

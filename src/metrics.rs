@@ -1,11 +1,22 @@
 //! Metric names and the Prometheus exposition.
 //!
 //! Owns the process-wide recorder. Metric names are `sluice_*` as DESIGN §5
-//! lists them; call sites use the `metrics` macros with these names.
+//! lists them; call sites use the `metrics` macros with these names (the
+//! newer ones through the constants below).
 
 use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Objects garbage collection deleted, by `kind`: `segment` and `record`
+/// (retention), `orphan` (segments no record names).
+pub const GC_DELETED_TOTAL: &str = "sluice_gc_deleted_total";
+/// Garbage-collection runs, by `outcome`: `ok`, or `failed` when some stream
+/// could not be collected (the others were).
+pub const GC_RUNS_TOTAL: &str = "sluice_gc_runs_total";
+/// Unix time (the run's `now`) of the last gc run in which every stream was
+/// collected: alert when it falls behind.
+pub const GC_LAST_SUCCESS: &str = "sluice_gc_last_success_timestamp_seconds";
 
 /// Buckets (seconds) that resolve a 5 ms commit and a 200 ms flush.
 const LATENCY_BUCKETS: &[f64] = &[

@@ -4,7 +4,10 @@
 //! (`--from`), one follow loop per partition against either a gateway's
 //! long-poll route or the bucket itself (no gateway), retries with bounded
 //! backoff, the single writer thread that prints whole envelope lines, and
-//! the resume position reported on a clean stop. The envelopes are printed as
+//! the resume position reported on a clean stop. A position retention has
+//! deleted stops the tail with [`TailError::Expired`], naming the first
+//! retained offset, rather than jumping over the gap; only `earliest`
+//! follows the low watermark. The envelopes are printed as
 //! the bytes the gateway or the store holds, never re-serialised. The CLI
 //! wiring (flags, signals, exit status) lives in `main.rs`.
 
@@ -39,6 +42,9 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(40);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Store mode: how often an idle partition is checked for a new record.
 const STORE_POLL: Duration = Duration::from_millis(200);
+/// Store mode: an idle partition's head is found again (from the low
+/// watermark) once per this many empty polls (every 10 s).
+const STORE_REDISCOVER_POLLS: u32 = 50;
 /// First and largest pause between retries of a failed request.
 const BACKOFF_INITIAL: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -76,6 +82,12 @@ pub enum TailError {
     },
     #[error("partition {partition}: {source}")]
     Log { partition: u32, source: LogError },
+    #[error("partition {partition}: offset {offset} has expired (deleted by retention); the first retained offset is {first_offset}. To go on without the deleted events: --from {partition}:{first_offset} (or --from earliest)")]
+    Expired {
+        partition: u32,
+        offset: u64,
+        first_offset: u64,
+    },
     #[error("partition {partition}: offset {offset} is past the head {head}")]
     PastHead {
         partition: u32,
@@ -93,6 +105,8 @@ pub enum TailError {
 pub enum Position {
     /// The partition's head when tailing starts: only new events.
     Latest,
+    /// The first retained offset (the low watermark) when tailing starts.
+    Earliest,
     Offset(u64),
 }
 
@@ -108,7 +122,7 @@ pub enum Start {
 impl Start {
     pub fn position(&self, partition: u32) -> Position {
         match self {
-            Start::Earliest => Position::Offset(0),
+            Start::Earliest => Position::Earliest,
             Start::Latest => Position::Latest,
             Start::At(named) => named.get(&partition).copied().unwrap_or(Position::Latest),
         }
@@ -152,7 +166,7 @@ impl FromStr for Start {
                 .map_err(|_| bad(format!("partition {p:?} is not a number")))?;
             let o = match o {
                 "latest" => Position::Latest,
-                "earliest" => Position::Offset(0),
+                "earliest" => Position::Earliest,
                 o => Position::Offset(
                     o.parse()
                         .map_err(|_| bad(format!("offset {o:?} is not a number")))?,
@@ -176,6 +190,7 @@ impl std::fmt::Display for Start {
                     .iter()
                     .map(|(p, o)| match o {
                         Position::Latest => format!("{p}:latest"),
+                        Position::Earliest => format!("{p}:earliest"),
                         Position::Offset(o) => format!("{p}:{o}"),
                     })
                     .collect();
@@ -520,7 +535,14 @@ struct Page<'a> {
 #[derive(Deserialize)]
 struct ProblemBody {
     detail: String,
+    #[serde(rename = "type", default)]
+    kind: String,
+    #[serde(default)]
+    first_offset: Option<u64>,
 }
+
+/// The `type` of a 410 for an offset retention deleted.
+const OFFSET_EXPIRED: &str = "urn:sluice:problem:offset-expired";
 
 impl Gateway {
     fn new(base: &str, key: Option<&str>, stream: &str) -> Result<Self, TailError> {
@@ -602,6 +624,7 @@ impl Gateway {
         let mut url = self.events_url.clone();
         let offset = match at {
             Position::Latest => "latest".to_string(),
+            Position::Earliest => "earliest".to_string(),
             Position::Offset(o) => o.to_string(),
         };
         url.query_pairs_mut()
@@ -615,8 +638,24 @@ impl Gateway {
                 let lines = lines_of(page.events.iter().map(|e| e.get().as_bytes()));
                 Ok((lines, page.next_offset))
             }
+            (410, body) => Err(expired(partition, at, &url, &body)),
             (status, body) => Err(refused(&url, status, &body)),
         }
+    }
+}
+
+/// A 410: [`TailError::Expired`] when it is the documented `offset-expired`.
+fn expired(partition: u32, at: Position, url: &Url, body: &[u8]) -> Failure {
+    let problem = serde_json::from_slice::<ProblemBody>(body).ok();
+    match (problem, at) {
+        (Some(p), Position::Offset(offset)) if p.kind == OFFSET_EXPIRED => {
+            Failure::Fatal(TailError::Expired {
+                partition,
+                offset,
+                first_offset: p.first_offset.unwrap_or(offset),
+            })
+        }
+        _ => refused(url, 410, body),
     }
 }
 
@@ -656,7 +695,9 @@ async fn follow_gateway(
     let what = format!("partition {partition}");
     let (mut lines, mut offset) = match start {
         Position::Offset(o) => (Bytes::new(), o),
-        Position::Latest => retrying(&what, || gateway.poll(partition, start, 0)).await?,
+        Position::Latest | Position::Earliest => {
+            retrying(&what, || gateway.poll(partition, start, 0)).await?
+        }
     };
     loop {
         let chunk = Chunk {
@@ -715,6 +756,13 @@ impl StoreReader {
         head.map_err(|e| log_failure(partition, e))
     }
 
+    /// The first retained offset (the low watermark), read now.
+    async fn first_offset(&self, partition: u32) -> Result<u64, Failure> {
+        let mark = self.log.refresh_watermark(&self.path, partition).await;
+        mark.map(|w| w.first_offset)
+            .map_err(|e| log_failure(partition, e))
+    }
+
     async fn read(&self, partition: u32, offset: u64) -> Result<ReadBatch, Failure> {
         let batch = self
             .log
@@ -737,6 +785,15 @@ impl StoreReader {
 fn log_failure(partition: u32, e: LogError) -> Failure {
     match e {
         LogError::Unavailable { .. } => Failure::Transient(e.to_string()),
+        LogError::Expired {
+            partition,
+            offset,
+            first_offset,
+        } => Failure::Fatal(TailError::Expired {
+            partition,
+            offset,
+            first_offset,
+        }),
         source => Failure::Fatal(TailError::Log { partition, source }),
     }
 }
@@ -751,8 +808,10 @@ async fn follow_store(
 ) -> Result<(), TailError> {
     let what = format!("partition {partition}");
     let mut head = retrying(&what, || reader.head(partition)).await?;
+    let mut earliest = start == Position::Earliest;
     let mut offset = match start {
         Position::Latest => head.next_offset,
+        Position::Earliest => retrying(&what, || reader.first_offset(partition)).await?,
         Position::Offset(o) if o <= head.next_offset => o,
         Position::Offset(offset) => {
             let head = head.next_offset;
@@ -772,13 +831,39 @@ async fn follow_store(
         if !deliver(&tx, chunk).await {
             return Ok(());
         }
+        let mut idle = 0u32;
         while offset >= head.next_offset {
             match retrying(&what, || reader.advance(partition, head)).await? {
                 Some(next) => head = next,
-                None => tokio::time::sleep(STORE_POLL).await,
+                None => {
+                    idle = idle.wrapping_add(1);
+                    // The seq polled may have been garbage collected (only
+                    // records older than the retention are): find the head again.
+                    if idle % STORE_REDISCOVER_POLLS == 0 {
+                        let found = retrying(&what, || reader.head(partition)).await?;
+                        if found.next_seq > head.next_seq {
+                            head = found;
+                            continue;
+                        }
+                    }
+                    tokio::time::sleep(STORE_POLL).await
+                }
             }
         }
-        let batch = retrying(&what, || reader.read(partition, offset)).await?;
+        let batch = match retrying(&what, || reader.read(partition, offset)).await {
+            // `earliest` moved before anything was printed: it means the new watermark.
+            Err(TailError::Expired { first_offset, .. }) if earliest && first_offset > offset => {
+                offset = first_offset;
+                chunk = Chunk {
+                    partition,
+                    next_offset: offset,
+                    lines: Bytes::new(),
+                };
+                continue;
+            }
+            other => other?,
+        };
+        earliest &= batch.events.is_empty();
         if batch.events.is_empty() {
             // The head moved but the record is not readable yet: wait, not spin.
             tokio::time::sleep(STORE_POLL).await;

@@ -7,8 +7,10 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::config::{BatchConfig, Config, Limits, RateConfig, StreamConfig, TenantConfig};
+use crate::gc::config::{parse_retention, Retention};
 use crate::limit::Limiter;
 use crate::validate::Schema;
 
@@ -34,6 +36,9 @@ pub struct StreamSettings {
     pub dead_letters: bool,
     /// Consumer groups whose lag is exported as a metric.
     pub consumer_groups: Vec<String>,
+    /// How long events are kept (`None`: forever); garbage collection
+    /// deletes what is older.
+    pub retention: Option<Duration>,
 }
 
 /// One tenant: its streams and its limits.
@@ -105,9 +110,22 @@ impl Tenant {
     }
 }
 
+/// A retention setting (validated at load; an unparsable one keeps forever).
+fn retention(text: Option<&String>) -> Option<Retention> {
+    text.and_then(|t| parse_retention(t).ok())
+}
+
+fn kept_for(r: Option<Retention>) -> Option<Duration> {
+    match r {
+        Some(Retention::For(d)) => Some(d),
+        Some(Retention::Forever) | None => None,
+    }
+}
+
 /// Global settings with a declared stream's overrides applied.
 fn settings(config: &Config, s: Option<&StreamConfig>, rate_key: &str) -> StreamSettings {
     let (mut batch, mut limits) = (config.batch.clone(), config.limits.clone());
+    let global = retention(config.streams.retention.as_ref());
     let Some(s) = s else {
         return StreamSettings {
             partitions: config.streams.partitions,
@@ -120,6 +138,7 @@ fn settings(config: &Config, s: Option<&StreamConfig>, rate_key: &str) -> Stream
             dead_letter: false,
             dead_letters: false,
             consumer_groups: Vec::new(),
+            retention: kept_for(global),
         };
     };
     let (schema, schema_error) =
@@ -145,6 +164,7 @@ fn settings(config: &Config, s: Option<&StreamConfig>, rate_key: &str) -> Stream
         dead_letter: s.dead_letter,
         dead_letters: false,
         consumer_groups: s.consumer_groups.clone(),
+        retention: kept_for(retention(s.retention.as_ref()).or(global)),
     }
 }
 
@@ -233,5 +253,29 @@ mod tests {
         let default = tenants.default_tenant();
         assert_eq!(default.name, "default");
         assert_eq!(default.stream("views").unwrap().partitions, 4);
+        assert_eq!(clicks.retention, None, "forever by default");
+    }
+
+    #[test]
+    fn retention_comes_from_the_stream_else_the_global_default() {
+        let text = r#"
+            [streams]
+            retention = "7d"
+            [tenants.acme.streams.clicks]
+            retention = "12h"
+            [tenants.acme.streams.audit]
+            retention = "forever"
+            [tenants.acme.streams.views]
+            partitions = 2
+        "#;
+        let config: Config = toml::from_str(text).unwrap();
+        config.validate().unwrap();
+        let tenants = Tenants::from_config(&config);
+        let acme = tenants.get("acme").unwrap();
+        let hours = |h: u64| Some(Duration::from_secs(h * 3600));
+        assert_eq!(acme.stream("clicks").unwrap().retention, hours(12));
+        assert_eq!(acme.stream("audit").unwrap().retention, None);
+        assert_eq!(acme.stream("views").unwrap().retention, hours(168));
+        assert_eq!(acme.stream("other").unwrap().retention, hours(168));
     }
 }

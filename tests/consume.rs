@@ -276,6 +276,7 @@ fn opts(dir: &std::path::Path, output: Output) -> ConsumeOptions {
         format: Format::Ndjson,
         max_events: None,
         partitions: 4,
+        skip_expired: false,
     }
 }
 

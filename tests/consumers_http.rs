@@ -353,6 +353,7 @@ fn opts(dir: &std::path::Path) -> ConsumeOptions {
         format: Format::Ndjson,
         max_events: None,
         partitions: 1,
+        skip_expired: false,
     }
 }
 

@@ -337,10 +337,15 @@ fn sigterm_mid_stream_leaves_whole_lines_and_an_exact_resume_point() {
         })
         .collect();
     assert_same(&tail.seen, &printed_of);
+    // A partition nothing was printed of resumes where it was told to
+    // start: `earliest` (the low watermark, wherever it is by then).
     let expected: Vec<String> = printed_of
         .iter()
         .enumerate()
-        .map(|(p, lines)| format!("{p}:{}", lines.len()))
+        .map(|(p, lines)| match lines.len() {
+            0 => format!("{p}:earliest"),
+            n => format!("{p}:{n}"),
+        })
         .collect();
     assert_eq!(resume_spec(&stderr), expected.join(","), "{stderr}");
 }
@@ -531,8 +536,8 @@ fn from_accepts_earliest_latest_and_positions() {
     assert_eq!(at.position(0), Position::Offset(120));
     assert_eq!(at.position(1), Position::Latest);
     assert_eq!(at.position(2), Position::Latest);
-    assert_eq!(at.position(3), Position::Offset(0));
-    assert_eq!(at.to_string(), "0:120,2:latest,3:0");
+    assert_eq!(at.position(3), Position::Earliest);
+    assert_eq!(at.to_string(), "0:120,2:latest,3:earliest");
     for bad in ["", "0", "x:1", "0:x", "0:1,0:2", "0:1,", "-1:0"] {
         assert!(Start::from_str(bad).is_err(), "{bad:?} was accepted");
     }

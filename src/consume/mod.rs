@@ -7,6 +7,10 @@
 //! The two halves are separate calls ([`Consumer::read`], [`Consumer::commit`])
 //! so a crash between them re-delivers and never skips. It never writes the
 //! log, and it must not commit a checkpoint before its output is durable.
+//! A checkpoint below the partition's low watermark (retention deleted
+//! events the group never read) stops the run with
+//! [`ConsumeError::Expired`] unless the caller asked to skip them
+//! ([`Consumer::with_skip_expired`]): never a silent gap.
 //! The same checkpoints over HTTP are [`routes`].
 
 pub mod checkpoint;
@@ -61,6 +65,13 @@ pub enum ConsumeError {
     },
     #[error("corrupt checkpoint {key}: {reason}")]
     CorruptCheckpoint { key: String, reason: String },
+    #[error("group {group} partition {partition}: the checkpoint (offset {offset}) is below the first retained offset {first_offset}: retention deleted offsets {offset}..{first_offset} before this group read them. Nothing was read or committed; run again with --skip-expired to move the group on to offset {first_offset} (it never gets the deleted events)")]
+    Expired {
+        group: String,
+        partition: u32,
+        offset: u64,
+        first_offset: u64,
+    },
     #[error("reading partition {partition}: {source}")]
     Log { partition: u32, source: LogError },
     #[error("cannot write the output {path}: {source}; nothing was committed")]
@@ -121,6 +132,9 @@ pub struct ConsumeOptions {
     pub max_bytes: u64,
     /// Partitions read at least; more when the bucket holds a higher one.
     pub partitions: u32,
+    /// A checkpoint below the low watermark moves on to it (its events were
+    /// deleted by retention) instead of stopping the run.
+    pub skip_expired: bool,
 }
 
 /// What one partition contributed to a run.
@@ -134,6 +148,9 @@ pub struct PartitionReport {
     pub next_offset: u64,
     /// Seq of the checkpoint created, `None` when the partition had no events.
     pub checkpoint_seq: Option<u64>,
+    /// Offsets skipped because retention deleted them (`--skip-expired`):
+    /// `from_offset..from_offset + skipped` were never delivered.
+    pub skipped: u64,
 }
 
 /// What a run consumed and committed.
@@ -161,6 +178,9 @@ pub struct PartitionBatch {
     /// The checkpoint they were read from.
     pub from: Position,
     pub batch: ReadBatch,
+    /// Offsets after the checkpoint that retention had deleted, skipped
+    /// (only with [`Consumer::with_skip_expired`]); `batch` starts after them.
+    pub skipped: u64,
 }
 
 /// A read that is not committed: write it out, make it durable, then
@@ -233,6 +253,7 @@ pub struct Consumer {
     checkpoints: Checkpoints,
     id: String,
     max_bytes: u64,
+    skip_expired: bool,
 }
 
 /// Reject names that would not be safe key segments.
@@ -271,6 +292,7 @@ impl Consumer {
             checkpoints,
             id,
             max_bytes: u64::MAX,
+            skip_expired: false,
         })
     }
 
@@ -310,13 +332,17 @@ impl Consumer {
             let from = self.checkpoints.position(partition).await?;
             self.check_behind_head(partition, from.offset).await?;
             let share = if bytes == 0 { 0 } else { share };
-            let batch = self.read_from(partition, from.offset, share, bytes).await?;
+            let (batch, skipped) = self.read_checkpoint(from, share, bytes).await?;
             left -= batch.events.len() as u64;
             bytes = bytes.saturating_sub(size(&batch));
             if share > 0 && batch.events.len() as u64 == share {
                 full.push(pending.partitions.len());
             }
-            pending.partitions.push(PartitionBatch { from, batch });
+            pending.partitions.push(PartitionBatch {
+                from,
+                batch,
+                skipped,
+            });
         }
         for i in full {
             if left == 0 || bytes == 0 {
@@ -355,6 +381,44 @@ impl Consumer {
         }
     }
 
+    /// Read from a checkpoint: below the watermark, an error, or (skipping)
+    /// from the watermark on, with how many offsets were skipped.
+    async fn read_checkpoint(
+        &self,
+        from: Position,
+        max: u64,
+        max_bytes: u64,
+    ) -> Result<(ReadBatch, u64), ConsumeError> {
+        let partition = from.partition;
+        match self.read_from(partition, from.offset, max, max_bytes).await {
+            Err(ConsumeError::Log {
+                source: LogError::Expired { first_offset, .. },
+                ..
+            }) => {
+                if !self.skip_expired {
+                    return Err(ConsumeError::Expired {
+                        group: self.checkpoints.group().to_string(),
+                        partition,
+                        offset: from.offset,
+                        first_offset,
+                    });
+                }
+                tracing::warn!(
+                    group = self.checkpoints.group(),
+                    partition,
+                    from = from.offset,
+                    to = first_offset,
+                    "skipping offsets deleted by retention"
+                );
+                let batch = self
+                    .read_from(partition, first_offset, max, max_bytes)
+                    .await?;
+                Ok((batch, first_offset - from.offset))
+            }
+            other => other.map(|b| (b, 0)),
+        }
+    }
+
     async fn read_from(
         &self,
         partition: u32,
@@ -373,6 +437,13 @@ impl Consumer {
     /// Cap this consumer's runs at about `max_bytes` of envelopes.
     pub fn with_max_bytes(mut self, max_bytes: u64) -> Self {
         self.max_bytes = max_bytes;
+        self
+    }
+
+    /// A checkpoint below the low watermark moves on to it (the deleted
+    /// offsets are reported as skipped) instead of failing the run.
+    pub fn with_skip_expired(mut self, skip: bool) -> Self {
+        self.skip_expired = skip;
         self
     }
 
@@ -403,8 +474,9 @@ impl Consumer {
                 from_offset: p.from.offset,
                 next_offset: p.from.offset,
                 checkpoint_seq: None,
+                skipped: p.skipped,
             };
-            if events > 0 {
+            if events > 0 || p.skipped > 0 {
                 let next = p.batch.next_offset;
                 match self
                     .checkpoints
@@ -514,7 +586,8 @@ pub async fn consume(
         new_consumer_id(),
         RetryPolicy::default(),
     )?
-    .with_max_bytes(opts.max_bytes);
+    .with_max_bytes(opts.max_bytes)
+    .with_skip_expired(opts.skip_expired);
     let partitions = consumer.partitions(opts.partitions).await?;
     let pending = consumer.read(partitions, opts.max_events).await?;
     let file = match &opts.output {

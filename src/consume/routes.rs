@@ -40,6 +40,12 @@ impl From<ConsumeError> for Problem {
             | ConsumeError::List { .. }
             | ConsumeError::Log { .. }
             | ConsumeError::Store(_) => Problem::unavailable("store-unavailable", detail),
+            ConsumeError::Expired {
+                partition,
+                offset,
+                first_offset,
+                ..
+            } => Problem::offset_expired(partition, offset, first_offset, detail),
             ConsumeError::AheadOfLog { .. } => Problem::new(
                 StatusCode::CONFLICT,
                 "checkpoint-ahead-of-log",

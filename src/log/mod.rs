@@ -2,11 +2,15 @@
 //!
 //! Owns the commit protocol (segment PUT, then a create-only PUT of the next
 //! sequenced record, re-reading the winner on `AlreadyExists`), head discovery
-//! (galloping probe, never a full listing) and reads from an offset. The
-//! public surface is [`Log::append`], [`Log::head`] and [`Log::read`]; batching,
-//! HTTP and partition choice live elsewhere.
+//! (galloping probe from the low watermark, never a full listing), the low
+//! watermarks themselves ([`low`]) and reads from an offset. The public
+//! surface is [`Log::append`], [`Log::head`], [`Log::read`] and the
+//! watermark calls; batching, HTTP, partition choice and deciding what to
+//! delete (`gc`) live elsewhere.
 
+pub mod committed;
 mod head;
+pub mod low;
 pub mod partition;
 mod read;
 pub mod record;
@@ -20,7 +24,8 @@ use std::sync::{Arc, Mutex};
 use object_store::{ObjectStoreExt, PutPayload};
 
 use crate::store::Store;
-pub use head::last_dense;
+pub use head::{last_dense, last_dense_from};
+pub use low::{Raised, Watermark};
 pub use read::ReadBatch;
 use record::{CommitRecord, StreamPath};
 use retry::{retry, RetryPolicy};
@@ -41,6 +46,13 @@ pub enum LogError {
     /// A committed record points at a segment that is gone or unreadable.
     #[error("segment {key} of a committed record cannot be read: {reason}")]
     BadSegment { key: String, reason: String },
+    /// The offset is below the partition's low watermark: retention deleted it.
+    #[error("offset {offset} of partition {partition} has expired (deleted by retention); the first retained offset is {first_offset}")]
+    Expired {
+        partition: u32,
+        offset: u64,
+        first_offset: u64,
+    },
 }
 
 /// Where an append landed.
@@ -65,6 +77,20 @@ pub struct Head {
 
 type HeadKey = (StreamPath, u32);
 
+/// Times one append re-sends its segment under a new name because the seq
+/// it committed at had been garbage collected (a head learned long ago).
+const MAX_REWRITES: u32 = 4;
+
+/// How a commit attempt ended.
+enum Committed {
+    Done(Appended),
+    /// The record landed below the watermark (the writer's head was older
+    /// than a garbage collection): nobody will read it; commit again.
+    BelowWatermark {
+        seq: u64,
+    },
+}
+
 /// One gateway's handle on the shared log.
 #[derive(Debug)]
 pub struct Log {
@@ -72,6 +98,8 @@ pub struct Log {
     writer: String,
     policy: RetryPolicy,
     heads: Mutex<HashMap<HeadKey, Arc<tokio::sync::Mutex<Option<Head>>>>>,
+    /// Each partition's watermark as last seen ([`low`]).
+    lows: Mutex<HashMap<HeadKey, Watermark>>,
 }
 
 impl Log {
@@ -81,6 +109,7 @@ impl Log {
             writer: writer.into(),
             policy,
             heads: Mutex::new(HashMap::new()),
+            lows: Mutex::new(HashMap::new()),
         }
     }
 
@@ -90,6 +119,11 @@ impl Log {
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// How this log retries store calls (jobs that share its store use it too).
+    pub fn policy(&self) -> RetryPolicy {
+        self.policy
     }
 
     pub fn stream(&self, tenant: &str, stream: &str) -> StreamPath {
@@ -105,6 +139,13 @@ impl Log {
     ///
     /// Idempotent per segment: if an earlier attempt's record PUT landed but
     /// reported an error, the retry finds its own record and returns it.
+    ///
+    /// Every commit checks the watermark after its record landed (one
+    /// HEAD): a writer whose head is older than a garbage collection could
+    /// otherwise re-create a deleted seq below the watermark, where no
+    /// reader looks, and ack events nobody can read. Such a record is
+    /// removed and the segment committed again at the real head, under a
+    /// new name (a collector may be deleting the old one).
     pub async fn append(
         &self,
         stream: &StreamPath,
@@ -112,22 +153,32 @@ impl Log {
         segment: &Segment,
         segment_name: &str,
     ) -> Result<Appended, LogError> {
-        let relative = format!(
-            "data/{}/{}-{segment_name}.ndjson.zst",
-            segment.min_received_at.hour_partition(),
-            self.writer
-        );
-        let key = stream.segment(&relative);
-        let payload = PutPayload::from_bytes(segment.data.clone());
-        retry(self.policy, "put_segment", || {
-            self.store.inner.put(&key, payload.clone())
-        })
-        .await
-        .map_err(|source| LogError::Unavailable {
-            op: "put_segment",
-            source,
-        })?;
-        self.commit(stream, partition, segment, relative).await
+        let mut name = segment_name.to_string();
+        for rewrite in 1..=MAX_REWRITES {
+            let relative = format!(
+                "data/{}/{}-{name}.ndjson.zst",
+                segment.min_received_at.hour_partition(),
+                self.writer
+            );
+            let key = stream.segment(&relative);
+            let payload = PutPayload::from_bytes(segment.data.clone());
+            retry(self.policy, "put_segment", || {
+                self.store.inner.put(&key, payload.clone())
+            })
+            .await
+            .map_err(|source| LogError::Unavailable {
+                op: "put_segment",
+                source,
+            })?;
+            match self.commit(stream, partition, segment, relative).await? {
+                Committed::Done(appended) => return Ok(appended),
+                Committed::BelowWatermark { seq } => {
+                    tracing::warn!(stream = %stream.base(), partition, seq, "commit landed below the low watermark (a head older than a garbage collection); committing again at the head");
+                    name = format!("{segment_name}-rewrite{rewrite}");
+                }
+            }
+        }
+        Err(self.watermark_moving(stream, partition))
     }
 
     async fn commit(
@@ -136,7 +187,7 @@ impl Log {
         partition: u32,
         segment: &Segment,
         relative: String,
-    ) -> Result<Appended, LogError> {
+    ) -> Result<Committed, LogError> {
         let slot = self.head_slot((stream.clone(), partition));
         let mut guard = slot.lock().await;
         let mut head = match *guard {
@@ -158,30 +209,36 @@ impl Log {
                 max_received_at: segment.max_received_at.as_str().to_string(),
                 writer: self.writer.clone(),
             };
-            match self
+            let landed = match self
                 .create_record(stream, partition, head.next_seq, &record)
                 .await
             {
-                Ok(()) => {
-                    let appended = self.appended(partition, head.next_seq, &record, conflicts);
-                    *guard = Some(advance(head, &record));
-                    return Ok(appended);
-                }
+                Ok(()) => record,
                 Err(object_store::Error::AlreadyExists { .. }) => {
-                    let winner = self.record(stream, partition, head.next_seq).await?;
-                    let winner = winner.ok_or_else(|| LogError::Corrupt {
-                        key: stream.record(partition, head.next_seq).to_string(),
-                        reason: "reported as existing but not found".into(),
-                    })?;
-                    if winner.segment == relative {
-                        // Our own earlier attempt landed: the commit is done.
-                        let appended = self.appended(partition, head.next_seq, &winner, conflicts);
-                        *guard = Some(advance(head, &winner));
-                        return Ok(appended);
+                    let Some(winner) = self.record(stream, partition, head.next_seq).await? else {
+                        // Deleted since it was reported: a collector passed this seq.
+                        if self
+                            .below_watermark(stream, partition, head.next_seq)
+                            .await?
+                        {
+                            head = self.discover(stream, partition).await?;
+                            *guard = Some(head);
+                            continue;
+                        }
+                        return Err(LogError::Corrupt {
+                            key: stream.record(partition, head.next_seq).to_string(),
+                            reason: "reported as existing but not found".into(),
+                        });
+                    };
+                    if stem(&winner.segment) != stem(&relative) {
+                        conflicts += 1;
+                        head = advance(head, &winner);
+                        *guard = Some(head);
+                        continue;
                     }
-                    conflicts += 1;
-                    head = advance(head, &winner);
-                    *guard = Some(head);
+                    // Our own earlier attempt landed (perhaps under a name an
+                    // earlier rewrite gave it): the commit is done.
+                    winner
                 }
                 Err(source) => {
                     // The head stays where it was: a retry re-creates at the same seq.
@@ -190,6 +247,54 @@ impl Log {
                         source,
                     });
                 }
+            };
+            let seq = head.next_seq;
+            if self.below_watermark(stream, partition, seq).await? {
+                self.remove_stray(stream, partition, seq, &landed).await;
+                *guard = None;
+                return Ok(Committed::BelowWatermark { seq });
+            }
+            *guard = Some(advance(head, &landed));
+            return Ok(Committed::Done(
+                self.appended(partition, seq, &landed, conflicts),
+            ));
+        }
+    }
+
+    /// Is `seq` below the partition's watermark in the store, now?
+    async fn below_watermark(
+        &self,
+        stream: &StreamPath,
+        partition: u32,
+        seq: u64,
+    ) -> Result<bool, LogError> {
+        let w = self.refresh_watermark(stream, partition).await?;
+        Ok(seq < w.first_seq)
+    }
+
+    /// Delete a record this writer created below the watermark, and its
+    /// segment: nobody reads there, and the segment is sent again under a
+    /// new name. Best effort: what stays is garbage no reader sees.
+    async fn remove_stray(
+        &self,
+        stream: &StreamPath,
+        partition: u32,
+        seq: u64,
+        record: &CommitRecord,
+    ) {
+        for key in [
+            stream.record(partition, seq),
+            stream.segment(&record.segment),
+        ] {
+            let deleted = retry(self.policy, "delete_stray", || {
+                self.store.inner.delete(&key)
+            })
+            .await;
+            if let Err(e) = deleted.or_else(|e| match e {
+                object_store::Error::NotFound { .. } => Ok(()),
+                e => Err(e),
+            }) {
+                tracing::warn!(key = %key, error = %e, "cannot delete a record left below the watermark");
             }
         }
     }
@@ -221,25 +326,31 @@ impl Log {
     }
 
     /// How many partitions `stream` has in the store: at least `at_least`,
-    /// more when `log/` holds a higher one. One listing of `log/`; the
-    /// error names what was listed.
+    /// more when `log/` (or `low/`: a partition whose records garbage
+    /// collection all deleted has only its watermarks) holds a higher one.
+    /// One listing of each; the error names what was listed.
     pub async fn partitions(
         &self,
         stream: &StreamPath,
         at_least: u32,
     ) -> Result<u32, (String, object_store::Error)> {
-        let prefix = object_store::path::Path::from(format!("{}/log", stream.base().as_ref()));
-        let listing = match self.store.inner.list_with_delimiter(Some(&prefix)).await {
-            Ok(l) => l,
-            Err(object_store::Error::NotFound { .. }) => return Ok(at_least),
-            Err(source) => return Err((prefix.to_string(), source)),
-        };
-        let highest = listing
-            .common_prefixes
-            .iter()
-            .filter_map(|p| p.filename()?.parse::<u32>().ok())
-            .max();
-        Ok(highest.map_or(at_least, |h| at_least.max(h.saturating_add(1))))
+        let mut count = at_least;
+        for dir in ["log", "low"] {
+            let prefix =
+                object_store::path::Path::from(format!("{}/{dir}", stream.base().as_ref()));
+            let listing = match self.store.inner.list_with_delimiter(Some(&prefix)).await {
+                Ok(l) => l,
+                Err(object_store::Error::NotFound { .. }) => continue,
+                Err(source) => return Err((prefix.to_string(), source)),
+            };
+            let highest = listing
+                .common_prefixes
+                .iter()
+                .filter_map(|p| p.filename()?.parse::<u32>().ok())
+                .max();
+            count = highest.map_or(count, |h| count.max(h.saturating_add(1)));
+        }
+        Ok(count)
     }
 
     /// The record at `seq`, or `None` when it does not exist (yet).
@@ -280,6 +391,16 @@ impl Log {
         let head = self.discover(stream, partition).await?;
         guard.get_or_insert(head);
         Ok(head)
+    }
+}
+
+/// A segment key without its extension and rewrite suffix (`-rewrite1`,
+/// see [`Log::append`]): the same segment sent again has the same stem.
+fn stem(relative: &str) -> &str {
+    let base = relative.strip_suffix(".ndjson.zst").unwrap_or(relative);
+    match base.rsplit_once("-rewrite") {
+        Some((stem, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => stem,
+        _ => base,
     }
 }
 

@@ -1,7 +1,8 @@
 //! Commit records and the keys of the log.
 //!
 //! Owns the JSON shape of `log/{partition:04}/{seq:020}.json` and the key
-//! layout of DESIGN §2 under a stream's prefix. No I/O here.
+//! layout of DESIGN §2 under a stream's prefix (plus the watermarks'
+//! `low/{partition:04}/{n:020}.json`, see [`super::low`]). No I/O here.
 
 use object_store::path::Path;
 use serde::{Deserialize, Serialize};
@@ -56,6 +57,15 @@ impl StreamPath {
     pub fn record(&self, partition: u32, seq: u64) -> Path {
         Path::from(format!(
             "{}/log/{partition:04}/{seq:020}.json",
+            self.base.as_ref()
+        ))
+    }
+
+    /// Watermark object `n` of `partition` (`low/{partition:04}/{n:020}.json`):
+    /// a sibling of `log/`, so nothing that lists or parses record keys sees it.
+    pub fn low(&self, partition: u32, n: u64) -> Path {
+        Path::from(format!(
+            "{}/low/{partition:04}/{n:020}.json",
             self.base.as_ref()
         ))
     }

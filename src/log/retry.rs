@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use tokio::time::Instant;
 
 /// How long and how often a store call is retried.
@@ -125,4 +125,25 @@ pub async fn create(
     })
     .await
     .map(drop)
+}
+
+/// The bytes at `key` and their metadata (`last_modified`: when the store
+/// wrote them), or `None` when it does not exist. A GET, retried.
+pub async fn get_with_meta(
+    store: &dyn ObjectStore,
+    policy: RetryPolicy,
+    op_name: &'static str,
+    key: &Path,
+) -> Result<Option<(Bytes, ObjectMeta)>, object_store::Error> {
+    let got = retry(policy, op_name, || async {
+        let r = store.get(key).await?;
+        let meta = r.meta.clone();
+        Ok((r.bytes().await?, meta))
+    })
+    .await;
+    match got {
+        Ok(b) => Ok(Some(b)),
+        Err(object_store::Error::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
 }

@@ -12,9 +12,15 @@
 //! `to + lateness`, which hold nothing received before `to`. Callers that
 //! must not miss a record committed later than the bound (compaction) chain
 //! their runs by seq, so a late record is picked up by the next run.
+//!
+//! The scan starts at the partition's low watermark at the earliest
+//! (records below it may be deleted), and is only trusted once the
+//! watermark is read again unchanged after it (one HEAD): a collector that
+//! deleted records during the scan moved the watermark first.
 
 use chrono::DateTime;
 
+use super::head::WATERMARK_ROUNDS;
 use super::record::{CommitRecord, StreamPath};
 use super::{Log, LogError};
 
@@ -52,9 +58,10 @@ impl Window {
 }
 
 impl Log {
-    /// Records of `partition` at or after `after_seq` that hold at least one
-    /// event received in `window`, with their seqs, in seq order. At most
-    /// `limit` records come back: pass the last seq + 1 to continue.
+    /// Records of `partition` at or after `after_seq` (and the watermark)
+    /// that hold at least one event received in `window`, with their seqs,
+    /// in seq order. At most `limit` records come back: pass the last seq +
+    /// 1 to continue.
     pub async fn records_in(
         &self,
         stream: &StreamPath,
@@ -63,15 +70,47 @@ impl Log {
         after_seq: u64,
         limit: usize,
     ) -> Result<Vec<(u64, CommitRecord)>, LogError> {
-        let Some(last) = self.last_seq(stream, partition).await? else {
-            return Ok(Vec::new());
+        let mut mark = self.watermark(stream, partition).await?;
+        for _ in 0..WATERMARK_ROUNDS {
+            let start = after_seq.max(mark.first_seq);
+            let scanned = self.scan(stream, partition, window, start, limit).await?;
+            let fresh = self.refresh_watermark(stream, partition).await?;
+            if fresh.first_seq != mark.first_seq {
+                mark = fresh;
+                continue;
+            }
+            return scanned.map_err(|seq| LogError::Corrupt {
+                key: stream.record(partition, seq).to_string(),
+                reason: "a seq between the watermark and the head is missing".into(),
+            });
+        }
+        Err(self.watermark_moving(stream, partition))
+    }
+
+    /// One scan from `start`; `Err(seq)` when record `seq` was missing.
+    async fn scan(
+        &self,
+        stream: &StreamPath,
+        partition: u32,
+        window: Window,
+        start: u64,
+        limit: usize,
+    ) -> Result<Result<Vec<(u64, CommitRecord)>, u64>, LogError> {
+        let Some(last) = self.last_seq_from(stream, partition, start).await? else {
+            return Ok(Ok(Vec::new()));
         };
-        let mut seq = self
-            .window_start(stream, partition, window, after_seq, last)
-            .await?;
+        let mut seq = match self
+            .window_start(stream, partition, window, start, last)
+            .await?
+        {
+            Ok(seq) => seq,
+            Err(missing) => return Ok(Err(missing)),
+        };
         let mut found = Vec::new();
         while seq <= last && found.len() < limit {
-            let record = self.required_record(stream, partition, seq).await?;
+            let Some(record) = self.record(stream, partition, seq).await? else {
+                return Ok(Err(seq));
+            };
             let span = span(&record, || stream.record(partition, seq).to_string())?;
             if span.0 >= window.to.saturating_add(window.lateness) {
                 break;
@@ -81,7 +120,7 @@ impl Log {
             }
             seq += 1;
         }
-        Ok(found)
+        Ok(Ok(found))
     }
 
     /// A seq at or after `after_seq` before which no record can hold an event
@@ -93,12 +132,14 @@ impl Log {
         window: Window,
         after_seq: u64,
         last: u64,
-    ) -> Result<u64, LogError> {
+    ) -> Result<Result<u64, u64>, LogError> {
         let (mut lo, mut hi) = (after_seq, last);
         let mut start = after_seq;
         while lo <= hi {
             let mid = lo + (hi - lo) / 2;
-            let record = self.required_record(stream, partition, mid).await?;
+            let Some(record) = self.record(stream, partition, mid).await? else {
+                return Ok(Err(mid));
+            };
             let (min, _) = span(&record, || stream.record(partition, mid).to_string())?;
             if min.saturating_add(window.lateness) < window.from {
                 start = mid + 1;
@@ -108,7 +149,7 @@ impl Log {
                 hi = h;
             }
         }
-        Ok(start)
+        Ok(Ok(start))
     }
 }
 

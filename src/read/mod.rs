@@ -4,7 +4,10 @@
 //! per (stream, partition) shared by all readers (N readers never cost N
 //! times the store requests), a bounded segment cache, and `read`, which
 //! serves recent offsets from the tailer's index and older ones by bisecting
-//! the log. HTTP shapes live in `routes`.
+//! the log. An offset below the partition's low watermark, or one whose
+//! segment a garbage collector deleted during the read, is
+//! [`LogError::Expired`] (410 on the routes), never a gap. HTTP shapes live
+//! in `routes`.
 
 mod cache;
 pub mod routes;
@@ -141,10 +144,19 @@ impl Readers {
             next_offset: offset,
             events: Vec::new(),
         };
+        let path = tailer.path();
+        // This process's view of the watermark: no request once looked up.
+        let mark = self.log.watermark(path, partition).await?;
+        if offset < mark.first_offset {
+            return Err(ReadError::Log(LogError::Expired {
+                partition,
+                offset,
+                first_offset: mark.first_offset,
+            }));
+        }
         if offset == head || limit == 0 {
             return Ok(batch);
         }
-        let path = tailer.path();
         let found = match tailer.recent(offset) {
             Some(hit) => Some(hit),
             None => self.log.locate(path, partition, offset).await?,
@@ -153,7 +165,19 @@ impl Readers {
             return Ok(batch);
         };
         loop {
-            let raw = self.segment(path, &record).await?;
+            let raw = match self.segment(path, &record).await {
+                Ok(raw) => raw,
+                Err(e) => {
+                    let e = (self.log)
+                        .expired_if_collected(path, partition, seq, batch.next_offset, e)
+                        .await;
+                    // Events read before the collector got there are still good.
+                    return match e {
+                        LogError::Expired { .. } if !batch.events.is_empty() => Ok(batch),
+                        e => Err(e.into()),
+                    };
+                }
+            };
             batch.extend_from(&record, &raw, limit, self.config.max_batch_bytes);
             // Stopped inside this record (limit or bytes), or reached the head.
             if batch.next_offset < record.next_offset() || batch.next_offset >= head {

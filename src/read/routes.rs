@@ -1,7 +1,10 @@
 //! Read routes: long-poll, Server-Sent Events, list and describe.
 //!
 //! Owns the HTTP shapes of reads. Envelope lines go into responses as the
-//! bytes stored, joined, never parsed or re-serialised.
+//! bytes stored, joined, never parsed or re-serialised. `earliest` means
+//! the partition's low watermark (the first offset retention kept); an
+//! offset below it is `410 offset-expired`, whose body names the first
+//! retained offset.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -21,7 +24,7 @@ use crate::auth::Grant;
 use crate::body::Body;
 use crate::error::Problem;
 use crate::ingest::json;
-use crate::log::ReadBatch;
+use crate::log::{LogError, ReadBatch};
 use crate::server::App;
 
 /// Events per read when the client names no `limit`.
@@ -42,6 +45,11 @@ impl From<ReadError> for Problem {
                 detail,
             ),
             ReadError::TooManyTailers { .. } => Problem::unavailable("overloaded", detail),
+            ReadError::Log(LogError::Expired {
+                partition,
+                offset,
+                first_offset,
+            }) => Problem::offset_expired(partition, offset, first_offset, detail),
             ReadError::Log(_) => Problem::unavailable("store-unavailable", detail),
         }
     }
@@ -131,9 +139,10 @@ async fn long_poll(
     let tailer = app.readers.tailer(at.tenant, at.stream, partition)?;
     let mut heads = tailer.subscribe();
     let head = known_head(&mut heads).await?;
-    let offset = match q.get("offset") {
+    let earliest = matches!(q.get("offset"), Some(&"earliest") | None);
+    let mut offset = match q.get("offset") {
         Some(&"latest") => head,
-        Some(&"earliest") | None => 0,
+        Some(&"earliest") | None => first_offset(app, &tailer).await?,
         Some(_) => number::<u64>(&q, "offset")?.unwrap_or(0),
     };
     // This gateway's tailer may lag the log (another gateway just acked
@@ -154,13 +163,32 @@ async fn long_poll(
     } else {
         head
     };
-    let batch = app.readers.read(&tailer, offset, head, limit).await?;
+    let mut head = head;
+    let batch = loop {
+        match app.readers.read(&tailer, offset, head, limit).await {
+            // `earliest` moved while we read: it means the new watermark
+            // (at worst at the head this gateway knows: an empty answer).
+            Err(ReadError::Log(LogError::Expired { first_offset, .. }))
+                if earliest && first_offset > offset =>
+            {
+                offset = first_offset;
+                head = head.max(offset);
+            }
+            other => break other?,
+        }
+    };
     let mut resp = Response::new(crate::body::full(batch_json(partition, &batch, true)));
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         header::HeaderValue::from_static("application/json"),
     );
     Ok(resp)
+}
+
+/// The first retained offset of the tailer's partition (its low watermark).
+async fn first_offset(app: &App, tailer: &Tailer) -> Result<u64, ReadError> {
+    let mark = app.log.watermark(tailer.path(), tailer.partition).await?;
+    Ok(mark.first_offset)
 }
 
 /// The head once the tailer has found it.
@@ -216,9 +244,19 @@ fn batch_json(partition: u32, batch: &ReadBatch, with_next: bool) -> Bytes {
     Bytes::from(out)
 }
 
+/// Where one partition of a stream starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StartAt {
+    Latest,
+    /// The low watermark (the first retained offset).
+    Earliest,
+    Offset(u64),
+}
+
 /// Where an SSE stream starts: `Last-Event-ID` (`p:o,p:o,…`), else `from`
-/// (`earliest`, `latest`, or `p:o|latest,…`); unnamed partitions start at latest.
-fn start_positions(n: u32, req: &Request<Incoming>) -> Result<Vec<Option<u64>>, Problem> {
+/// (`earliest`, `latest`, or `p:o|latest|earliest,…`); unnamed partitions
+/// start at latest.
+fn start_positions(n: u32, req: &Request<Incoming>) -> Result<Vec<StartAt>, Problem> {
     let n = n as usize;
     let last = req
         .headers()
@@ -227,11 +265,11 @@ fn start_positions(n: u32, req: &Request<Incoming>) -> Result<Vec<Option<u64>>, 
     let q = query(req);
     let spec = last.or(q.get("from").copied()).unwrap_or("latest");
     match spec {
-        "latest" => return Ok(vec![None; n]),
-        "earliest" => return Ok(vec![Some(0); n]),
+        "latest" => return Ok(vec![StartAt::Latest; n]),
+        "earliest" => return Ok(vec![StartAt::Earliest; n]),
         _ => {}
     }
-    let mut start = vec![None; n];
+    let mut start = vec![StartAt::Latest; n];
     for part in spec.split(',') {
         let bad = || {
             Problem::bad_request(
@@ -243,9 +281,9 @@ fn start_positions(n: u32, req: &Request<Incoming>) -> Result<Vec<Option<u64>>, 
         let p: usize = p.parse().map_err(|_| bad())?;
         let slot = start.get_mut(p).ok_or_else(bad)?;
         *slot = match o {
-            "latest" => None,
-            "earliest" => Some(0),
-            o => Some(o.parse().map_err(|_| bad())?),
+            "latest" => StartAt::Latest,
+            "earliest" => StartAt::Earliest,
+            o => StartAt::Offset(o.parse().map_err(|_| bad())?),
         };
     }
     Ok(start)
@@ -257,13 +295,16 @@ async fn sse(
     req: &Request<Incoming>,
 ) -> Result<Response<Body>, Problem> {
     let sub = Subscription::open(app, at, req).await?;
+    // A start below the watermark is a 410 before the stream begins.
+    sub.check_retained(app).await?;
     let (tx, rx) = mpsc::channel::<Bytes>(8);
     let app = app.clone();
     tokio::spawn(async move {
         let end = sub.pump(&app, Out::Sse(tx.clone())).await;
         if let PumpEnd::Failed(e) = end {
+            let problem = Problem::from(e).to_json();
             let _ = tx
-                .send(Bytes::from(format!("event: error\ndata: {e}\n\n")))
+                .send(Bytes::from(format!("event: error\ndata: {problem}\n\n")))
                 .await;
         }
     });
@@ -305,6 +346,9 @@ pub enum PumpEnd {
 pub struct Subscription {
     tailers: Vec<Arc<Tailer>>,
     start: Vec<u64>,
+    /// Partitions that started at `earliest` and have been sent nothing
+    /// yet: if a collector raises the watermark past them, they follow it.
+    earliest: Vec<bool>,
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
@@ -327,20 +371,46 @@ impl Subscription {
                 ),
             )
         })?;
-        let (mut tailers, mut start) = (Vec::new(), Vec::new());
+        let (mut tailers, mut start, mut earliest) = (Vec::new(), Vec::new(), Vec::new());
         for (p, from) in wanted.into_iter().enumerate() {
             let tailer = app.readers.tailer(at.tenant, at.stream, p as u32)?;
             start.push(match from {
-                Some(offset) => offset,
-                None => known_head(&mut tailer.subscribe()).await?,
+                StartAt::Offset(offset) => offset,
+                StartAt::Earliest => {
+                    let mark = app.log.refresh_watermark(tailer.path(), p as u32).await;
+                    mark.map_err(ReadError::from)?.first_offset
+                }
+                StartAt::Latest => known_head(&mut tailer.subscribe()).await?,
             });
+            earliest.push(from == StartAt::Earliest);
             tailers.push(tailer);
         }
         Ok(Subscription {
             tailers,
             start,
+            earliest,
             permit: Some(permit),
         })
+    }
+
+    /// `410 offset-expired` when a named start offset is below its
+    /// partition's watermark (as this gateway knows it; one that moved
+    /// since is found by the first read, which ends the stream the same way).
+    pub async fn check_retained(&self, app: &App) -> Result<(), Problem> {
+        for (tailer, &offset) in self.tailers.iter().zip(&self.start) {
+            let mark = app.log.watermark(tailer.path(), tailer.partition).await;
+            let first_offset = mark.map_err(ReadError::from)?.first_offset;
+            if offset < first_offset {
+                let partition = tailer.partition;
+                return Err(ReadError::Log(LogError::Expired {
+                    partition,
+                    offset,
+                    first_offset,
+                })
+                .into());
+            }
+        }
+        Ok(())
     }
 
     /// The subscriber permit, for a caller that outlives the pump (it must
@@ -354,6 +424,7 @@ impl Subscription {
     pub async fn pump(self, app: &App, out: Out) -> PumpEnd {
         let mut heads: Vec<_> = self.tailers.iter().map(|t| t.subscribe()).collect();
         let mut cursor = self.start;
+        let mut earliest = self.earliest;
         let mut closing = app.closing();
         loop {
             let mut sent = false;
@@ -369,8 +440,16 @@ impl Subscription {
                     .await
                 {
                     Ok(b) => b,
+                    Err(ReadError::Log(LogError::Expired { first_offset, .. }))
+                        if earliest[i] && first_offset > cursor[i] =>
+                    {
+                        cursor[i] = first_offset;
+                        sent = true;
+                        continue;
+                    }
                     Err(e) => return PumpEnd::Failed(e),
                 };
+                earliest[i] = false;
                 cursor[i] = batch.next_offset;
                 if let Some(end) =
                     deliver(&out, &cursor, tailer.partition, &batch, &mut closing).await
@@ -474,20 +553,29 @@ pub async fn describe(
     let unavailable =
         |e: crate::log::LogError| Problem::unavailable("store-unavailable", e.to_string());
     let (mut partitions, mut created) = (Vec::new(), None::<String>);
+    let mut written = false;
     for p in 0..settings.partitions {
+        // The head refreshes the watermark: both are current.
         let head = log.head(&path, p).await.map_err(unavailable)?;
-        if head.next_seq > 0 {
-            if let Some(first) = log.record(&path, p, 0).await.map_err(unavailable)? {
+        let mark = log.watermark(&path, p).await.map_err(unavailable)?;
+        written |= head.next_offset > 0;
+        if head.next_seq > mark.first_seq {
+            if let Some(first) = log
+                .record(&path, p, mark.first_seq)
+                .await
+                .map_err(unavailable)?
+            {
                 created = Some(created.map_or(first.min_received_at.clone(), |c| {
                     c.min(first.min_received_at)
                 }));
             }
         }
         partitions.push(serde_json::json!({
-            "partition": p, "first_offset": 0, "head_offset": head.next_offset, "records": head.next_seq,
+            "partition": p, "first_offset": mark.first_offset, "head_offset": head.next_offset,
+            "records": head.next_seq - mark.first_seq,
         }));
     }
-    if created.is_none() && !settings.declared {
+    if !written && !settings.declared {
         return Err(Problem::not_found(format!(
             "stream {stream:?} has no events"
         )));

@@ -5,7 +5,10 @@
 //! Owns the poll cadence (fast while records arrive, backing off to
 //! `idle_poll_max_ms` when idle, woken at once by this gateway's own
 //! commits) and a bounded index of recent records, so readers that follow
-//! the head find their record without bisecting the log.
+//! the head find their record without bisecting the log. While idle it
+//! looks at the low watermark now and then, so a tailer whose next seq a
+//! garbage collector deleted (it can only happen to one that fell more than
+//! the retention behind) moves on instead of waiting there forever.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -19,6 +22,9 @@ use crate::log::Log;
 
 /// Recent records kept per tailer.
 const INDEX_RECORDS: usize = 1024;
+/// An idle tailer reads the watermark once per this many empty polls (one
+/// HEAD per ~16 s per idle partition at the default `idle_poll_max_ms`).
+const WATERMARK_EVERY_IDLE_POLLS: u32 = 16;
 
 /// How a tailer polls.
 #[derive(Debug, Clone, Copy)]
@@ -103,6 +109,19 @@ impl Tailer {
         self.head.send_replace(Some(next));
     }
 
+    /// Records below `first_seq` are gone: forget them, and publish the
+    /// watermark's offset as the head if the known head was below it.
+    fn skip_to(&self, first_offset: u64) {
+        self.index.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.head.send_if_modified(|h| match *h {
+            Some(known) if known >= first_offset => false,
+            _ => {
+                *h = Some(first_offset);
+                true
+            }
+        });
+    }
+
     /// Stop if nobody used this tailer for `linger` and nobody waits on it.
     fn stop_if_unused(&self, linger: Duration) -> bool {
         let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
@@ -131,15 +150,33 @@ impl Tailer {
             }
         };
         let mut delay = cadence.poll;
+        let mut empty_polls = 0u32;
         loop {
             match log.record(&self.path, self.partition, next_seq).await {
                 Ok(Some(record)) => {
                     self.remember(next_seq, record);
                     next_seq += 1;
                     delay = cadence.poll;
+                    empty_polls = 0;
                     continue;
                 }
-                Ok(None) => {}
+                Ok(None) => {
+                    empty_polls = empty_polls.wrapping_add(1);
+                    if empty_polls % WATERMARK_EVERY_IDLE_POLLS == 0 {
+                        match log.refresh_watermark(&self.path, self.partition).await {
+                            Ok(w) if w.first_seq > next_seq => {
+                                tracing::warn!(partition = self.partition, from = next_seq, to = w.first_seq, "tailer's next record was garbage collected; moving to the watermark");
+                                self.skip_to(w.first_offset);
+                                next_seq = w.first_seq;
+                                continue;
+                            }
+                            Ok(_) => {}
+                            Err(e) => {
+                                tracing::warn!(error = %e, "tailer cannot read the watermark")
+                            }
+                        }
+                    }
+                }
                 Err(e) => tracing::warn!(error = %e, "tailer poll failed"),
             }
             if self.stop_if_unused(cadence.linger) {

@@ -4,7 +4,10 @@
 //! `{"partition":p,"first_offset":o,"events":[…]}` in log order per
 //! partition. A subscriber more than `websocket.subscriber_queue_frames`
 //! frames behind is closed with [`CLOSE_TOO_SLOW`]; it resumes with
-//! `from=P:O,…` (its last offsets) and misses nothing.
+//! `from=P:O,…` (its last offsets) and misses nothing. A position below a
+//! partition's low watermark (deleted by retention) gets one text frame, the
+//! `offset-expired` problem document naming the first retained offset, then
+//! close [`CLOSE_OFFSET_EXPIRED`].
 
 use std::sync::Arc;
 
@@ -15,9 +18,11 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use super::routes::{Out, Place, PumpEnd, Subscription};
+use super::ReadError;
 use crate::auth::Grant;
 use crate::body::Body;
 use crate::error::Problem;
+use crate::log::LogError;
 use crate::server::upgrade;
 use crate::server::App;
 
@@ -29,6 +34,10 @@ pub const CLOSE_GOING_AWAY: u16 = 1001;
 const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Close code when the store cannot be read.
 pub const CLOSE_STORE_UNAVAILABLE: u16 = 1011;
+/// Close code when a position was deleted by retention (after a text frame
+/// holding the `offset-expired` problem, whose `first_offset` is where the
+/// partition's retained log starts).
+pub const CLOSE_OFFSET_EXPIRED: u16 = 4010;
 
 pub async fn handle(
     app: &Arc<App>,
@@ -92,6 +101,17 @@ async fn serve(app: Arc<App>, sub: Subscription, socket: upgrade::Socket) {
         }
     };
     pump.abort();
+    if let Some(PumpEnd::Failed(e @ ReadError::Log(LogError::Expired { .. }))) = end {
+        let frame = Problem::from(e).to_json().to_string();
+        let _ = tokio::time::timeout(CLOSE_WAIT, sink.send(Message::text(frame))).await;
+        let close = upgrade::close_frame(
+            CLOSE_OFFSET_EXPIRED,
+            "offset expired; resume from the first retained offset",
+        );
+        let _ = tokio::time::timeout(CLOSE_WAIT, sink.send(close)).await;
+        upgrade::await_client_close(&mut source, CLOSE_WAIT).await;
+        return;
+    }
     let (code, reason) = match end {
         Some(PumpEnd::TooSlow) => (
             CLOSE_TOO_SLOW,

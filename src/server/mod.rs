@@ -199,6 +199,7 @@ impl Gateway {
                 crate::compact::run::schedule(app.log.clone(), app.config.clone(), app.closing());
             tokio::spawn(schedule);
         }
+        crate::gc::schedule::spawn(app.log.clone(), &app.config, app.closing());
         let max = app.config.server.max_connections;
         let permits = Arc::new(Semaphore::new(max));
         let (close_tx, close_rx) = watch::channel(false);
