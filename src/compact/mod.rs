@@ -277,9 +277,16 @@ impl Compactor {
     ) -> Result<Gathered, CompactError> {
         let mut segments = Vec::with_capacity(records.len());
         for chunk in records.chunks(FETCH_AHEAD) {
-            let fetches = chunk
-                .iter()
-                .map(|(_, record)| self.log.segment_bytes(stream, record));
+            let fetches = chunk.iter().map(|(seq, record)| async move {
+                match self.log.segment_bytes(stream, record).await {
+                    Ok(bytes) => Ok(bytes),
+                    // Collected by gc under us: `Expired`, not a corrupt log.
+                    Err(e) => Err(self
+                        .log
+                        .expired_if_collected(stream, partition, *seq, record.first_offset, e)
+                        .await),
+                }
+            });
             segments.extend(futures::future::try_join_all(fetches).await?);
         }
         let mut gathered = Gathered {
