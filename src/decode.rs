@@ -13,7 +13,7 @@ use bytes::Bytes;
 use serde_json::value::RawValue;
 
 use crate::config::Limits;
-use crate::validate::{Schema, Violation};
+use crate::validate::{Caps, Frame, Schema, Violation};
 
 /// How the body frames its events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -206,20 +206,13 @@ struct Rules<'a> {
 }
 
 fn split_json(body: &Bytes, rules: &Rules) -> Result<Decoded, DecodeError> {
-    let limits = rules.limits;
     let trimmed = body.trim_ascii_start();
     let mut out = Decoded::default();
     match trimmed.first() {
         None => return Err(DecodeError::Empty),
         Some(b'[') if fast_array(body, rules, &mut out) => {}
-        Some(b'[') => {
-            for (index, raw) in capped_array(body, limits.max_events_per_request)?
-                .into_iter()
-                .enumerate()
-            {
-                out.check(index, body, slice_of(body, raw.get().as_bytes()), rules);
-            }
-        }
+        Some(b'[') => every_item(body, rules, &mut out)?,
+        Some(_) if fast_event(body, 0..body.len(), rules, &mut out) => {}
         Some(_) => {
             let raw: &RawValue =
                 serde_json::from_slice(body).map_err(|e| DecodeError::Malformed(e.to_string()))?;
@@ -229,82 +222,61 @@ fn split_json(body: &Bytes, rules: &Rules) -> Result<Decoded, DecodeError> {
     Ok(out)
 }
 
-/// With a schema that has a fast path, an array whose every event passes it
-/// is framed in one pass: the fast walk both validates the events and proves
-/// the body well-formed, and then cutting it at its top-level commas is
-/// safe. Anything else (an invalid event, malformed JSON, too many events)
-/// answers `false` and takes the usual route, which reports it.
+/// The usual route for an array: parse it, then check item by item.
+fn every_item(body: &Bytes, rules: &Rules, out: &mut Decoded) -> Result<(), DecodeError> {
+    let items = capped_array(body, rules.limits.max_events_per_request)?;
+    for (index, raw) in items.into_iter().enumerate() {
+        out.check(index, body, slice_of(body, raw.get().as_bytes()), rules);
+    }
+    Ok(())
+}
+
+/// With a schema that has a fast path, an array whose every event passes
+/// it, within the limits, is framed in one pass: the fast walk validates
+/// the events, proves the body well-formed and finds where each event is.
+/// Anything else (an invalid event, malformed JSON, too many events, one
+/// too large or too deep) answers `false` and takes the usual route, which
+/// reports it.
 fn fast_array(body: &Bytes, rules: &Rules, out: &mut Decoded) -> bool {
     let Some(fast) = rules.schema.and_then(Schema::fast) else {
         return false;
     };
-    if !fast.accepts_array(body, rules.limits.max_events_per_request) {
+    let done = fast.frame_array(body, &caps(rules.limits), |frame| out.accept(body, frame));
+    if !done {
+        out.events.clear();
+    }
+    done
+}
+
+/// The same for one event that is the whole of `body[range]`: `true` when
+/// it was valid and within the limits, and has been accepted.
+fn fast_event(
+    body: &Bytes,
+    range: std::ops::Range<usize>,
+    rules: &Rules,
+    out: &mut Decoded,
+) -> bool {
+    let Some(fast) = rules.schema.and_then(Schema::fast) else {
         return false;
-    }
-    let no_schema = Rules {
-        limits: rules.limits,
-        schema: None,
     };
-    for (index, range) in items(body).into_iter().enumerate() {
-        out.check(index, body, range, &no_schema);
-    }
+    let start = range.start;
+    let Some(mut frame) = body
+        .get(range)
+        .and_then(|b| fast.frame(b, &caps(rules.limits)))
+    else {
+        return false;
+    };
+    frame.range = start + frame.range.start..start + frame.range.end;
+    out.accept(body, frame);
     true
 }
 
-/// The byte ranges of the items of a JSON array, without surrounding
-/// whitespace. `body` must be well-formed JSON (the caller has parsed it):
-/// only string, bracket and comma positions are looked at.
-fn items(body: &[u8]) -> Vec<std::ops::Range<usize>> {
-    let mut out = Vec::new();
-    let Some(open) = body.iter().position(|&b| b == b'[') else {
-        return out;
-    };
-    let (mut depth, mut start, mut end) = (0usize, None::<usize>, 0usize);
-    let mut i = open + 1;
-    while i < body.len() {
-        let b = body[i];
-        match b {
-            b'"' => {
-                start.get_or_insert(i);
-                i = string_end(body, i + 1);
-                end = i;
-                continue;
-            }
-            b'{' | b'[' => depth += 1,
-            b'}' | b']' if depth > 0 => depth -= 1,
-            b']' => {
-                out.extend(start.map(|s| s..end));
-                return out;
-            }
-            b',' if depth == 0 => {
-                out.extend(start.take().map(|s| s..end));
-                i += 1;
-                continue;
-            }
-            b' ' | b'\t' | b'\n' | b'\r' => {
-                i += 1;
-                continue;
-            }
-            _ => {}
-        }
-        start.get_or_insert(i);
-        i += 1;
-        end = i;
+fn caps(limits: &Limits) -> Caps {
+    Caps {
+        max_items: limits.max_events_per_request,
+        max_bytes: limits.max_event_bytes,
+        max_depth: limits.max_depth,
     }
-    out
-}
-
-/// The index just past the string whose contents start at `from`. A plain
-/// loop: strings in events are short, where a search call costs more.
-fn string_end(body: &[u8], mut from: usize) -> usize {
-    while let Some(&b) = body.get(from) {
-        match b {
-            b'"' => return from + 1,
-            b'\\' => from += 2,
-            _ => from += 1,
-        }
-    }
-    body.len()
 }
 
 /// Parse a JSON array of raw values, refusing as soon as it holds more than
@@ -361,20 +333,10 @@ fn split_ndjson(body: &Bytes, rules: &Rules) -> Result<Decoded, DecodeError> {
             });
         }
         let range = slice_of(body, line);
-        let fast = rules.schema.and_then(Schema::fast);
         if line.len() > limits.max_event_bytes {
             out.reject(index, range, EventFault::TooLarge, too_large(limits));
-        } else if fast.is_some_and(|f| f.accepts(line)) {
-            // One pass proved the line well-formed and valid.
-            out.check(
-                index,
-                body,
-                range,
-                &Rules {
-                    limits,
-                    schema: None,
-                },
-            );
+        } else if fast_event(body, range.clone(), rules, &mut out) {
+            // One pass proved the line well-formed, valid and within limits.
         } else {
             match serde_json::from_slice::<&RawValue>(line) {
                 Ok(_) => out.check(index, body, range, rules),
@@ -446,8 +408,19 @@ impl Decoded {
             }
             return;
         }
-        let event = body.slice(range);
-        self.events.push(if scan.has_newline {
+        self.accept(
+            body,
+            Frame {
+                range,
+                has_newline: scan.has_newline,
+            },
+        );
+    }
+
+    /// An event that passed every check.
+    fn accept(&mut self, body: &Bytes, frame: Frame) {
+        let event = body.slice(frame.range);
+        self.events.push(if frame.has_newline {
             one_line(&event)
         } else {
             event
@@ -579,25 +552,55 @@ mod tests {
         assert_eq!(texts(&d), vec![r#"{"s":"[[[[[[[[[["}"#]);
     }
 
-    /// The one-pass cut of a well-formed array gives exactly the items a
-    /// full parse does, whatever the strings, nesting and whitespace hold.
+    /// The fast route (one walk frames, validates and checks the limits)
+    /// decides every body exactly as the full route does.
     #[test]
-    fn items_match_a_full_parse() {
-        let bodies = [
-            r#"[{"a":1},{"b":[1,2,{"c":"]"}]}]"#,
-            "[ {\"s\":\"a,b\"} ,\n\t{\"s\":\"x\\\"],[{\"} , 3 , \"str\" , [ ] , { } , null,true ]",
-            r#"[{"k":"\\"},{"k":"\\\""},{"e":"\u005d"}]"#,
-            "  [\r\n]  ",
-            r#"[[[[]]],{"a":{"b":{"c":[]}}},-1.5e3]"#,
+    fn the_fast_route_matches_the_full_route() {
+        let document = serde_json::json!({"type": "object", "required": ["a"],
+            "properties": {"a": {"type": "integer"}, "s": {"type": "string", "maxLength": 3}}});
+        let fast = Schema::compile(document.clone()).unwrap();
+        let full = Schema::compile(document).unwrap().without_fast_path();
+        assert!(fast.has_fast_path() && !full.has_fast_path());
+        let l = Limits {
+            max_depth: 3,
+            max_event_bytes: 40,
+            max_events_per_request: 3,
+            ..limits()
+        };
+        let json = [
+            r#"[{"a":1},{"b":[1,2,{"c":"]"}],"a":2}]"#,
+            "[ {\"a\":1,\"s\":\"a,b\"} ,\n\t{\"a\":2,\"s\":\"\\\"],\"} ]",
+            "[{\n  \"a\": 1\r\n}, {\"a\":2}]",
+            r#"[{"a":1},{"a":"x"},{"s":"y"}]"#,
+            r#"[{"a":1},{"a":2},{"a":3},{"a":4}]"#,
+            r#"[{"a":1,"d":{"e":{"f":{}}}}]"#,
+            r#"[{"a":1,"s":"\u0078","long":"0123456789012345678901234567"}]"#,
+            r#"[{"a":1},7,"x",[]]"#,
+            r#"[{"\u0061":1},{"a":1,"s":"\u00e9\u00e9"}]"#,
+            r#"[{"a":1},]"#,
+            "[]",
+            " \r\n{\"a\" : 5}\n ",
+            r#"{"a":1,"s":"abcd"}"#,
+            r#"{"a":1}{"a":2}"#,
         ];
-        for body in bodies {
-            let parsed: Vec<&RawValue> = serde_json::from_str(body).unwrap();
-            let want: Vec<&str> = parsed.iter().map(|r| r.get()).collect();
-            let got: Vec<&str> = items(body.as_bytes())
-                .into_iter()
-                .map(|r| &body[r])
-                .collect();
-            assert_eq!(got, want, "{body}");
+        let ndjson = [
+            "{\"a\":1}\r\n{\"a\":2 ,\r\"s\":\"x\"}\n\n{oops\n[1]\n{\"s\":\"x\"}",
+            "{\"a\":1,\"d\":{\"e\":{\"f\":[]}}}\n{\"a\":1,\"s\":\"0123456789012345678901234567890\"}",
+            "{\"a\":1}\n{\"a\":1}\n{\"a\":1}\n{\"a\":1}",
+        ];
+        let bodies = json.iter().map(|b| (Format::Json, b));
+        for (format, body) in bodies.chain(ndjson.iter().map(|b| (Format::Ndjson, b))) {
+            let body = Bytes::copy_from_slice(body.as_bytes());
+            let quick = split(&body, format, &l, Some(&fast));
+            let exact = split(&body, format, &l, Some(&full));
+            match (quick, exact) {
+                (Ok(q), Ok(e)) => {
+                    assert_eq!(q.events, e.events, "{body:?}");
+                    assert_eq!(q.rejected, e.rejected, "{body:?}");
+                }
+                (Err(q), Err(e)) => assert_eq!(q.to_string(), e.to_string(), "{body:?}"),
+                (q, e) => panic!("{body:?}: {q:?} but {e:?}"),
+            }
         }
     }
 

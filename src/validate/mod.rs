@@ -12,7 +12,7 @@
 
 mod fast;
 
-pub use fast::Fast;
+pub use fast::{Caps, Fast, Frame};
 
 use serde_json::Value;
 
@@ -83,6 +83,12 @@ impl Schema {
     /// Does the schema stay inside the fast path's subset?
     pub fn has_fast_path(&self) -> bool {
         self.fast.is_some()
+    }
+
+    /// The same schema with no fast path: every event takes the full route.
+    #[cfg(test)]
+    pub(crate) fn without_fast_path(self) -> Schema {
+        Schema { fast: None, ..self }
     }
 
     /// The DOM-free fast path, when the schema stays inside its subset.
