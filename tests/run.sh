@@ -7,6 +7,10 @@ cd "$(dirname "$0")/.."
 if ! command -v moto_server >/dev/null 2>&1; then
   python3 -m pip install --quiet 'moto[server]'
 fi
+# tests/deploy.rs parses deploy/ with PyYAML (moto[server] brings it along).
+if ! python3 -c 'import yaml' >/dev/null 2>&1; then
+  python3 -m pip install --quiet pyyaml
+fi
 # tests/compact.rs reads the Parquet tables back with DuckDB.
 if ! python3 -c 'import duckdb' >/dev/null 2>&1; then
   python3 -m pip install --quiet duckdb
