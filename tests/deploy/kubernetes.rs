@@ -2,12 +2,16 @@
 //! probe paths, environment variables, the shipped configuration, the
 //! drain and the memory budget, and what selects the gateways.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
 use std::str::FromStr;
 
 use serde_json::Value;
+use sluice::config::Config;
+use sluice::server::Gateway;
+use tokio::net::TcpListener;
 
-use crate::common::gateway::{memory, TestGateway};
+use crate::common::gateway::memory;
 use crate::manifests::*;
 use crate::workloads::*;
 
@@ -70,40 +74,101 @@ fn every_yaml_file_parses_and_every_manifest_is_applied() {
     );
 }
 
+/// The ports a gateway listens on: `listen`, and `metrics_listen` if set.
+struct Listen {
+    main: u16,
+    metrics: Option<u16>,
+}
+
+impl Listen {
+    fn of(config: &Config) -> Listen {
+        Listen {
+            main: port_of(&config.listen),
+            metrics: config.metrics_listen.as_deref().map(port_of),
+        }
+    }
+
+    /// Where Prometheus scrapes: the metrics port when there is one.
+    fn scrape(&self) -> u16 {
+        self.metrics.unwrap_or(self.main)
+    }
+
+    fn all(&self) -> BTreeSet<u16> {
+        std::iter::once(self.main).chain(self.metrics).collect()
+    }
+}
+
+/// A port as a manifest gives it (a number, or a containerPort's name).
+fn resolve_port(ours: &Ours, port: &Value) -> u16 {
+    let ports = ours.container["ports"].as_array().expect("containerPorts");
+    match port {
+        Value::Number(n) => n.as_u64().unwrap() as u16,
+        Value::String(name) => ports
+            .iter()
+            .find(|cp| cp["name"] == name.as_str())
+            .map(|cp| cp["containerPort"].as_u64().unwrap() as u16)
+            .unwrap_or_else(|| panic!("{}: no port named {name}", ours.what)),
+        other => panic!("{}: port {other}", ours.what),
+    }
+}
+
+/// `(probe, path, port)` of each HTTP probe of a container.
+fn http_probes(ours: &Ours) -> Vec<(&'static str, String, u16)> {
+    ["livenessProbe", "readinessProbe", "startupProbe"]
+        .into_iter()
+        .filter_map(|probe| {
+            let get = ours.container[probe].get("httpGet")?;
+            Some((
+                probe,
+                str_of(&get["path"]),
+                resolve_port(ours, &get["port"]),
+            ))
+        })
+        .collect()
+}
+
+/// Prometheus' static targets in prometheus.yml, with their metrics path.
+fn scrape_targets(d: &Deploy) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for job in d.prometheus()["scrape_configs"].as_array().unwrap() {
+        let path = job.get("metrics_path").map_or("/metrics".into(), str_of);
+        for sc in job["static_configs"].as_array().into_iter().flatten() {
+            for t in sc["targets"].as_array().into_iter().flatten() {
+                out.push((str_of(t), path.clone()));
+            }
+        }
+    }
+    out
+}
+
 #[test]
-fn container_and_service_ports_are_the_listen_port() {
+fn container_service_and_scrape_ports_are_the_listen_ports() {
     let d = Deploy::load();
     for ours in d.gateways() {
-        let port = port_of(&d.pod_config(&ours).listen);
-        let ports = ours.container["ports"].as_array().expect("containerPorts");
-        let resolve = |p: &Value| -> u16 {
-            match p {
-                Value::Number(n) => n.as_u64().unwrap() as u16,
-                Value::String(name) => ports
-                    .iter()
-                    .find(|cp| cp["name"] == name.as_str())
-                    .map(|cp| cp["containerPort"].as_u64().unwrap() as u16)
-                    .unwrap_or_else(|| panic!("{}: no port named {name}", ours.what)),
-                other => panic!("{}: port {other}", ours.what),
-            }
-        };
-        for cp in ports {
-            assert_eq!(
-                resolve(&cp["containerPort"]),
-                port,
-                "{}: containerPort",
+        let listen = Listen::of(&d.pod_config(&ours));
+        let declared: BTreeSet<u16> = ours.container["ports"]
+            .as_array()
+            .expect("containerPorts")
+            .iter()
+            .map(|cp| resolve_port(&ours, &cp["containerPort"]))
+            .collect();
+        assert_eq!(declared, listen.all(), "{}: containerPorts", ours.what);
+        for (probe, _, port) in http_probes(&ours) {
+            assert!(
+                listen.all().contains(&port),
+                "{}: {probe} port {port}",
                 ours.what
             );
         }
-        for probe in ["livenessProbe", "readinessProbe", "startupProbe"] {
-            if let Some(p) = ours.container[probe].pointer("/httpGet/port") {
-                assert_eq!(resolve(p), port, "{}: {probe} port", ours.what);
-            }
-        }
         let deployment = object(&d.yaml, "Deployment", "sluice");
         let annotations = &deployment["spec"]["template"]["metadata"]["annotations"];
-        assert_eq!(str_of(&annotations["prometheus.io/port"]), port.to_string());
-        // Services selecting the gateway pods send to that port.
+        assert_eq!(
+            str_of(&annotations["prometheus.io/port"]),
+            listen.scrape().to_string(),
+            "{}: prometheus.io/port",
+            ours.what
+        );
+        // Services selecting the gateway pods send clients to the main port.
         let labels = pod_labels(deployment);
         let services: Vec<_> = of_kind(&d.yaml, "Service")
             .into_iter()
@@ -112,69 +177,109 @@ fn container_and_service_ports_are_the_listen_port() {
         assert!(!services.is_empty(), "no Service selects the gateways");
         for s in services {
             for sp in s["spec"]["ports"].as_array().unwrap() {
-                assert_eq!(resolve(&sp["targetPort"]), port, "Service targetPort");
+                let target = resolve_port(&ours, &sp["targetPort"]);
+                assert_eq!(target, listen.main, "Service targetPort");
             }
         }
     }
-    // compose: the published container port and Prometheus' targets.
-    let scrape: Vec<String> = d.prometheus()["scrape_configs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|job| {
-            job["static_configs"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-        })
-        .flat_map(|sc| sc["targets"].as_array().cloned().unwrap_or_default())
-        .map(|t| str_of(&t))
-        .collect();
+    // compose: the published container ports and Prometheus' targets.
+    let targets: Vec<String> = scrape_targets(&d).into_iter().map(|(t, _)| t).collect();
     let services = d.our_services();
     assert!(services.len() >= 2, "compose runs two gateways");
     for (name, service) in services {
-        let port = port_of(&config_of(name, None, &d.service_env(service)).listen);
+        let listen = Listen::of(&config_of(name, None, &d.service_env(service)));
         for p in service["ports"].as_array().expect("published ports") {
-            let container = str_of(p).rsplit(':').next().unwrap().to_string();
-            assert_eq!(container, port.to_string(), "compose {name}: {p}");
+            let container: u16 = str_of(p).rsplit(':').next().unwrap().parse().unwrap();
+            assert_eq!(container, listen.main, "compose {name}: {p}");
         }
-        let target = format!("{name}:{port}");
+        let target = format!("{name}:{}", listen.scrape());
         assert!(
-            scrape.contains(&target),
-            "Prometheus does not scrape {target}: {scrape:?}"
+            targets.contains(&target),
+            "Prometheus does not scrape {target}: {targets:?}"
         );
     }
 }
 
-#[tokio::test]
-async fn probe_and_scrape_paths_answer_200_on_a_gateway() {
-    let d = Deploy::load();
-    let gateway = d.gateways().into_iter().next().unwrap();
-    let mut paths = BTreeSet::new();
-    for probe in ["livenessProbe", "readinessProbe", "startupProbe"] {
-        if let Some(p) = gateway.container[probe].pointer("/httpGet/path") {
-            paths.insert(str_of(p));
-        }
-    }
-    assert!(paths.len() >= 2, "liveness and readiness probes: {paths:?}");
-    let deployment = object(&d.yaml, "Deployment", "sluice");
-    paths.insert(str_of(
-        &deployment["spec"]["template"]["metadata"]["annotations"]["prometheus.io/path"],
-    ));
-    for job in d.prometheus()["scrape_configs"].as_array().unwrap() {
-        paths.insert(job.get("metrics_path").map_or("/metrics".into(), str_of));
-    }
-    // The gateway as the Deployment configures it, on a memory store.
-    let mut config = d.pod_config(&gateway);
+/// A gateway set up as `config` says, on a memory store, its listeners on
+/// free ports: the address serving each port the config gives.
+async fn run_gateway(mut config: Config) -> (BTreeMap<u16, SocketAddr>, TestStop) {
+    let listen = Listen::of(&config);
     config.listen = "127.0.0.1:0".into();
-    config.store = "memory://".into();
-    let gw = TestGateway::start(config, memory()).await;
-    let client = reqwest::Client::new();
-    for path in &paths {
-        let resp = client.get(gw.url(path)).send().await.unwrap();
-        assert_eq!(resp.status(), 200, "GET {path}");
+    config.metrics_listen = None;
+    let main = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut gateway = Gateway::with_store(config, memory(), main);
+    let mut by_port = BTreeMap::from([(listen.main, gateway.local_addr().unwrap())]);
+    if let Some(port) = listen.metrics {
+        let side = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        gateway = gateway.with_metrics_listener(side);
+        by_port.insert(port, gateway.metrics_addr().unwrap());
     }
-    gw.stop().await;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(gateway.run(async {
+        let _ = stopped.await;
+    }));
+    (by_port, TestStop { stop, task })
+}
+
+struct TestStop {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TestStop {
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        self.task.await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn probe_and_scrape_paths_answer_200_on_their_ports() {
+    let d = Deploy::load();
+    let client = reqwest::Client::new();
+    let get = |by_port: &BTreeMap<u16, SocketAddr>, port: u16, path: &str| {
+        let addr = by_port.get(&port).copied();
+        let client = client.clone();
+        let path = path.to_string();
+        async move {
+            let addr = addr.unwrap_or_else(|| panic!("nothing listens on port {port}"));
+            let resp = client.get(format!("http://{addr}{path}")).send().await;
+            resp.unwrap().status()
+        }
+    };
+    // Kubernetes: the probes and the scrape annotations of the gateways.
+    let gateway = d.gateways().into_iter().next().unwrap();
+    let probes = http_probes(&gateway);
+    assert!(
+        probes.len() >= 2,
+        "liveness and readiness probes: {probes:?}"
+    );
+    let annotations =
+        &object(&d.yaml, "Deployment", "sluice")["spec"]["template"]["metadata"]["annotations"];
+    let scrape = (
+        "prometheus.io/path",
+        str_of(&annotations["prometheus.io/path"]),
+        str_of(&annotations["prometheus.io/port"]).parse().unwrap(),
+    );
+    let (by_port, running) = run_gateway(d.pod_config(&gateway)).await;
+    for (what, path, port) in probes.into_iter().chain([scrape]) {
+        let status = get(&by_port, port, &path).await;
+        assert_eq!(status, 200, "{what}: GET :{port}{path}");
+    }
+    running.stop().await;
+    // compose: Prometheus' targets.
+    for (name, service) in d.our_services() {
+        let config = config_of(name, None, &d.service_env(service));
+        let (by_port, running) = run_gateway(config).await;
+        for (target, path) in scrape_targets(&d) {
+            let Some(port) = target.strip_prefix(&format!("{name}:")) else {
+                continue;
+            };
+            let status = get(&by_port, port.parse().unwrap(), &path).await;
+            assert_eq!(status, 200, "Prometheus: GET {target}{path}");
+        }
+        running.stop().await;
+    }
 }
 
 #[test]

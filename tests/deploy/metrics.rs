@@ -16,7 +16,7 @@ use crate::workloads::*;
 
 /// Traffic that makes every metric the deployment watches appear: events
 /// accepted and invalid, a commit conflict between two gateways on one
-/// partition, a failed segment PUT, a graceful drain. Returns the scrape.
+/// partition, a failed segment PUT. Returns the scrape.
 async fn scrape_after_traffic() -> Exposition {
     let shared = Arc::new(object_store::memory::InMemory::new());
     let faulty = Arc::new(FaultyStore::new(shared.clone()));
@@ -44,7 +44,7 @@ async fn scrape_after_traffic() -> Exposition {
     // The next segment PUT fails once and is retried: a store error.
     faulty.inject("/data/", Fault::FailBefore, 1);
     assert_eq!(post(&a, r#"{"n":4}"#).await.unwrap().status(), 200);
-    b.stop().await; // sets sluice_draining (process-wide)
+    b.stop().await;
     let text = client
         .get(a.url("/metrics"))
         .send()
