@@ -145,6 +145,18 @@ fn dump(rt: &tokio::runtime::Runtime, store: &Store, dir: &std::path::Path) {
     });
 }
 
+/// `iters` whole compaction runs, each on a fresh copy (copying untimed).
+fn timed_runs(rt: &tokio::runtime::Runtime, f: &Fixture, iters: u64) -> Duration {
+    let mut spent = Duration::ZERO;
+    for _ in 0..iters {
+        let store = copy(rt, &f.store);
+        let start = Instant::now();
+        black_box(compact_once(rt, f, store));
+        spent += start.elapsed();
+    }
+    spent
+}
+
 fn compaction(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let f = fixture(&rt);
@@ -169,29 +181,11 @@ fn compaction(c: &mut Criterion) {
     group.measurement_time(Duration::from_secs(10));
     group.throughput(Throughput::Elements(EVENTS));
     group.bench_function("hour/100k-events", |b| {
-        b.iter_custom(|iters| {
-            let mut spent = Duration::ZERO;
-            for _ in 0..iters {
-                let store = copy(&rt, &f.store);
-                let start = Instant::now();
-                black_box(compact_once(&rt, &f, store));
-                spent += start.elapsed();
-            }
-            spent
-        })
+        b.iter_custom(|iters| timed_runs(&rt, &f, iters))
     });
     group.throughput(Throughput::Bytes(f.ndjson_bytes));
     group.bench_function("hour/ndjson-bytes", |b| {
-        b.iter_custom(|iters| {
-            let mut spent = Duration::ZERO;
-            for _ in 0..iters {
-                let store = copy(&rt, &f.store);
-                let start = Instant::now();
-                black_box(compact_once(&rt, &f, store));
-                spent += start.elapsed();
-            }
-            spent
-        })
+        b.iter_custom(|iters| timed_runs(&rt, &f, iters))
     });
     group.finish();
 

@@ -435,14 +435,7 @@ async fn wait_for_lag(gw: &TestGateway, stream: &str, group: &str, want: u64) ->
     let client = reqwest::Client::new();
     let mut text = String::new();
     for _ in 0..500 {
-        text = client
-            .get(gw.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        text = common::gateway::scrape(gw, &client).await;
         if lag_metric(&text, stream, group) == Some(want) {
             return text;
         }
@@ -497,14 +490,7 @@ consumer_groups = ["billing"]
         .await
         .unwrap();
     assert_eq!(adhoc.status(), 200);
-    let metrics = client
-        .get(gw.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::gateway::scrape(&gw, &client).await;
     assert_eq!(lag_metric(&metrics, "lagged", "adhoc"), None, "{metrics}");
     assert!(
         metrics.contains("# TYPE sluice_consumer_lag_events gauge"),

@@ -462,14 +462,7 @@ async fn the_schedule_collects(b: Backend) {
     // (bounded) for that, not just for its deletions.
     let client = reqwest::Client::new();
     let metrics = loop {
-        let metrics = client
-            .get(gw.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = common::gateway::scrape(&gw, &client).await;
         let done = metrics.contains("sluice_gc_deleted_total{kind=\"record\"}")
             && metrics.contains("sluice_gc_runs_total{outcome=\"ok\"}");
         if done {

@@ -93,17 +93,16 @@ pub fn one_partition() -> Config {
     c
 }
 
+/// The gateway's `/metrics` text.
+pub async fn scrape(gw: &TestGateway, client: &reqwest::Client) -> String {
+    let resp = client.get(gw.url("/metrics")).send().await.unwrap();
+    resp.text().await.unwrap()
+}
+
 /// Poll `/metrics` (bounded) until it contains `needle`; panics with `what`.
 pub async fn wait_for_metric(gw: &TestGateway, client: &reqwest::Client, needle: &str, what: &str) {
     for _ in 0..2_000 {
-        let text = client
-            .get(gw.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = scrape(gw, client).await;
         if text.contains(needle) {
             return;
         }
