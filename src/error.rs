@@ -32,12 +32,90 @@ pub struct EventError {
     pub schema_path: Option<String>,
 }
 
+/// Declares [`ProblemType`]: each variant with its stable `type` suffix,
+/// status and title, and [`ProblemType::ALL`], so the list the OpenAPI
+/// description and the README are checked against is the enum itself.
+macro_rules! problem_types {
+    ($($(#[$doc:meta])* $variant:ident = $name:literal, $status:ident, $title:literal;)*) => {
+        /// Every problem `type` the gateway can answer, with its one status.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum ProblemType {
+            $($(#[$doc])* $variant,)*
+        }
+
+        impl ProblemType {
+            /// Every variant, in declaration order.
+            pub const ALL: &'static [ProblemType] = &[$(ProblemType::$variant),*];
+
+            /// The stable suffix of the wire `type` (after [`TYPE_PREFIX`]).
+            pub fn name(self) -> &'static str {
+                match self { $(ProblemType::$variant => $name,)* }
+            }
+
+            pub fn status(self) -> StatusCode {
+                match self { $(ProblemType::$variant => StatusCode::$status,)* }
+            }
+
+            pub fn title(self) -> &'static str {
+                match self { $(ProblemType::$variant => $title,)* }
+            }
+        }
+    };
+}
+
+problem_types! {
+    /// The body (object or array) is not valid JSON.
+    MalformedJson = "malformed-json", BAD_REQUEST, "Bad request";
+    EmptyBody = "empty-body", BAD_REQUEST, "Bad request";
+    BadEncoding = "bad-encoding", BAD_REQUEST, "Bad request";
+    InvalidStreamName = "invalid-stream-name", BAD_REQUEST, "Bad request";
+    InvalidGroupName = "invalid-group-name", BAD_REQUEST, "Bad request";
+    BadCommit = "bad-commit", BAD_REQUEST, "Bad request";
+    BodyReadFailed = "body-read-failed", BAD_REQUEST, "Bad request";
+    BadQuery = "bad-query", BAD_REQUEST, "Bad request";
+    /// A WebSocket upgrade without `Sec-WebSocket-Key`.
+    BadWebsocket = "bad-websocket", BAD_REQUEST, "Bad request";
+    /// WebSocket ingest error frames only.
+    BadEnvelope = "bad-envelope", BAD_REQUEST, "Bad request";
+    /// WebSocket ingest error frames only.
+    BinaryFrame = "binary-frame", BAD_REQUEST, "Bad request";
+    /// `OPTIONS` without `Origin`.
+    NotAPreflight = "not-a-preflight", BAD_REQUEST, "Bad request";
+    MissingKey = "missing-key", UNAUTHORIZED, "Unauthorized";
+    UnknownKey = "unknown-key", UNAUTHORIZED, "Unauthorized";
+    BadAuthorization = "bad-authorization", UNAUTHORIZED, "Unauthorized";
+    ForbiddenScope = "forbidden-scope", FORBIDDEN, "Forbidden";
+    ForbiddenStream = "forbidden-stream", FORBIDDEN, "Forbidden";
+    ForbiddenOrigin = "forbidden-origin", FORBIDDEN, "Forbidden";
+    KeyInQuery = "key-in-query", FORBIDDEN, "Forbidden";
+    DeadLetterStream = "dead-letter-stream", FORBIDDEN, "Forbidden";
+    StreamLimit = "stream-limit", FORBIDDEN, "Stream limit reached";
+    UnknownStream = "unknown-stream", NOT_FOUND, "Unknown stream";
+    NotFound = "not-found", NOT_FOUND, "Not found";
+    MethodNotAllowed = "method-not-allowed", METHOD_NOT_ALLOWED, "Method not allowed";
+    BodyTimeout = "body-timeout", REQUEST_TIMEOUT, "Request timeout";
+    CheckpointConflict = "checkpoint-conflict", CONFLICT, "Checkpoint conflict";
+    CheckpointAheadOfLog = "checkpoint-ahead-of-log", CONFLICT, "Checkpoint ahead of the log";
+    TooLarge = "too-large", PAYLOAD_TOO_LARGE, "Payload too large";
+    OverBurst = "over-burst", PAYLOAD_TOO_LARGE, "Request larger than the rate limit's burst";
+    UnsupportedMediaType = "unsupported-media-type", UNSUPPORTED_MEDIA_TYPE, "Unsupported media type";
+    UnsupportedEncoding = "unsupported-encoding", UNSUPPORTED_MEDIA_TYPE, "Unsupported content encoding";
+    /// Members `partition`, `offset`, `first_offset`.
+    OffsetExpired = "offset-expired", GONE, "Offset expired";
+    OffsetOutOfRange = "offset-out-of-range", RANGE_NOT_SATISFIABLE, "Offset out of range";
+    InvalidEvents = "invalid-events", UNPROCESSABLE_ENTITY, "Every event is invalid";
+    WebsocketRequired = "websocket-required", UPGRADE_REQUIRED, "WebSocket required";
+    RateLimited = "rate-limited", TOO_MANY_REQUESTS, "Too many requests";
+    Internal = "internal", INTERNAL_SERVER_ERROR, "Internal error";
+    Overloaded = "overloaded", SERVICE_UNAVAILABLE, "Service unavailable";
+    StoreUnavailable = "store-unavailable", SERVICE_UNAVAILABLE, "Service unavailable";
+    Draining = "draining", SERVICE_UNAVAILABLE, "Service unavailable";
+}
+
 /// An error response.
 #[derive(Debug, Clone)]
 pub struct Problem {
-    pub status: StatusCode,
-    pub kind: &'static str,
-    pub title: &'static str,
+    pub kind: ProblemType,
     pub detail: String,
     pub retry_after: Option<u32>,
     /// Per-event errors (422), already capped.
@@ -54,7 +132,7 @@ pub struct Problem {
 /// What few problems carry beyond status, type and detail.
 #[derive(Debug, Clone, Default)]
 pub struct Extra {
-    /// Extra response headers (`RateLimit`, `WWW-Authenticate`).
+    /// Extra response headers (`RateLimit`, `WWW-Authenticate`, `Allow`).
     pub headers: http::HeaderMap,
     /// Extension members of the problem document (RFC 9457 §3.2), e.g.
     /// `first_offset` of `offset-expired`.
@@ -86,18 +164,14 @@ fn is_zero(n: &usize) -> bool {
 }
 
 impl Problem {
-    pub fn new(
-        status: StatusCode,
-        kind: &'static str,
-        title: &'static str,
-        detail: impl Into<String>,
-    ) -> Self {
+    /// A problem of `kind` (its status and title come with it). Every 503
+    /// says `Retry-After: 1`.
+    pub fn new(kind: ProblemType, detail: impl Into<String>) -> Self {
+        let retry_after = (kind.status() == StatusCode::SERVICE_UNAVAILABLE).then_some(1);
         Problem {
-            status,
             kind,
-            title,
             detail: detail.into(),
-            retry_after: None,
+            retry_after,
             errors: Vec::new(),
             errors_omitted: 0,
             dead_lettered: 0,
@@ -117,10 +191,14 @@ impl Problem {
     /// 410 `offset-expired`: `offset` of `partition` was deleted by
     /// retention; `first_offset` is where the partition's retained log starts.
     pub fn offset_expired(partition: u32, offset: u64, first_offset: u64, detail: String) -> Self {
-        Problem::new(StatusCode::GONE, "offset-expired", "Offset expired", detail)
+        Problem::new(ProblemType::OffsetExpired, detail)
             .member("partition", partition)
             .member("offset", offset)
             .member("first_offset", first_offset)
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.kind.status()
     }
 
     pub fn headers_mut(&mut self) -> &mut http::HeaderMap {
@@ -132,33 +210,6 @@ impl Problem {
         self
     }
 
-    pub fn not_found(detail: impl Into<String>) -> Self {
-        Problem::new(StatusCode::NOT_FOUND, "not-found", "Not found", detail)
-    }
-
-    pub fn bad_request(kind: &'static str, detail: impl Into<String>) -> Self {
-        Problem::new(StatusCode::BAD_REQUEST, kind, "Bad request", detail)
-    }
-
-    pub fn payload_too_large(detail: impl Into<String>) -> Self {
-        Problem::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too-large",
-            "Payload too large",
-            detail,
-        )
-    }
-
-    pub fn unavailable(kind: &'static str, detail: impl Into<String>) -> Self {
-        Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            kind,
-            "Service unavailable",
-            detail,
-        )
-        .retry_after(1)
-    }
-
     /// The problem document as JSON (WebSocket error frames).
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::to_value(self.wire()).unwrap_or_default()
@@ -166,9 +217,9 @@ impl Problem {
 
     fn wire(&self) -> Wire<'_> {
         Wire {
-            kind: format!("{TYPE_PREFIX}{}", self.kind),
-            title: self.title,
-            status: self.status.as_u16(),
+            kind: format!("{TYPE_PREFIX}{}", self.kind.name()),
+            title: self.kind.title(),
+            status: self.status().as_u16(),
             detail: &self.detail,
             errors: &self.errors,
             errors_omitted: self.errors_omitted,
@@ -187,7 +238,7 @@ impl Problem {
         self.log(body.request_id.as_deref());
         let json = serde_json::to_vec(&body).unwrap_or_default();
         let mut resp = Response::new(crate::body::full(Bytes::from(json)));
-        *resp.status_mut() = self.status;
+        *resp.status_mut() = self.status();
         let headers = resp.headers_mut();
         headers.insert(
             header::CONTENT_TYPE,
@@ -208,10 +259,10 @@ impl Problem {
     /// errors at `info` (rate limiting at `debug`: a flood must not flood the log).
     fn log(&self, request_id: Option<&str>) {
         let id = request_id.unwrap_or("-");
-        let (status, kind, detail) = (self.status.as_u16(), self.kind, &self.detail);
-        if self.status.is_server_error() {
+        let (status, kind, detail) = (self.status().as_u16(), self.kind.name(), &self.detail);
+        if self.status().is_server_error() {
             tracing::error!(request_id = id, status, kind, detail = %detail, "request failed");
-        } else if self.status == StatusCode::TOO_MANY_REQUESTS {
+        } else if self.status() == StatusCode::TOO_MANY_REQUESTS {
             tracing::debug!(request_id = id, status, kind, detail = %detail, "request refused");
         } else {
             tracing::info!(request_id = id, status, kind, detail = %detail, "request refused");
@@ -221,42 +272,62 @@ impl Problem {
 
 impl From<DecodeError> for Problem {
     fn from(e: DecodeError) -> Self {
-        let detail = e.to_string();
-        match e {
-            DecodeError::UnsupportedType(_) => Problem::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported-media-type",
-                "Unsupported media type",
-                detail,
-            ),
-            DecodeError::UnsupportedEncoding(_) => Problem::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported-encoding",
-                "Unsupported content encoding",
-                detail,
-            ),
+        let kind = match e {
+            DecodeError::UnsupportedType(_) => ProblemType::UnsupportedMediaType,
+            DecodeError::UnsupportedEncoding(_) => ProblemType::UnsupportedEncoding,
             DecodeError::DecodedTooLarge { .. } | DecodeError::TooManyEvents { .. } => {
-                Problem::payload_too_large(detail)
+                ProblemType::TooLarge
             }
-            DecodeError::BadEncoding { .. } => Problem::bad_request("bad-encoding", detail),
-            DecodeError::Malformed(_) => Problem::bad_request("malformed-json", detail),
-            DecodeError::Empty => Problem::bad_request("empty-body", detail),
-        }
+            DecodeError::BadEncoding { .. } => ProblemType::BadEncoding,
+            DecodeError::Malformed(_) => ProblemType::MalformedJson,
+            DecodeError::Empty => ProblemType::EmptyBody,
+        };
+        Problem::new(kind, e.to_string())
     }
 }
 
 impl From<SubmitError> for Problem {
     fn from(e: SubmitError) -> Self {
-        let detail = e.to_string();
-        match e {
-            SubmitError::Overloaded { .. } => Problem::unavailable("overloaded", detail),
-            SubmitError::Draining => Problem::unavailable("draining", detail),
-            SubmitError::TooManyStreams { .. } => Problem::new(
-                StatusCode::FORBIDDEN,
-                "stream-limit",
-                "Stream limit reached",
-                detail,
-            ),
-        }
+        let kind = match e {
+            SubmitError::Overloaded { .. } => ProblemType::Overloaded,
+            SubmitError::Draining => ProblemType::Draining,
+            SubmitError::TooManyStreams { .. } => ProblemType::StreamLimit,
+        };
+        Problem::new(kind, e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn problem_type_names_are_unique_and_kebab_case() {
+        let mut names: Vec<&str> = ProblemType::ALL.iter().map(|t| t.name()).collect();
+        assert!(names
+            .iter()
+            .all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_lowercase() || b == b'-')));
+        names.sort_unstable();
+        let before = names.len();
+        names.dedup();
+        assert_eq!(before, names.len(), "duplicate problem type names");
+    }
+
+    #[test]
+    fn a_problem_answers_with_its_types_status_and_503s_say_when_to_retry() {
+        let resp = Problem::new(ProblemType::Draining, "bye").response();
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(resp.headers()[header::RETRY_AFTER], "1");
+        assert_eq!(
+            resp.headers()[header::CONTENT_TYPE],
+            "application/problem+json"
+        );
+        let resp = Problem::new(ProblemType::BadQuery, "no").response();
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+        assert!(resp.headers().get(header::RETRY_AFTER).is_none());
+        let doc = Problem::new(ProblemType::OverBurst, "big").to_json();
+        assert_eq!(doc["type"], "urn:sluice:problem:over-burst");
+        assert_eq!(doc["status"], 413);
+        assert_eq!(doc["title"], "Request larger than the rate limit's burst");
     }
 }

@@ -12,10 +12,10 @@ use governor::clock::{Clock, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
-use http::{HeaderMap, HeaderValue, StatusCode};
+use http::{HeaderMap, HeaderValue};
 
 use crate::config::RateConfig;
-use crate::error::Problem;
+use crate::error::{Problem, ProblemType};
 
 type Gcra = RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformationMiddleware>;
 
@@ -223,9 +223,7 @@ impl From<Refused> for Problem {
             } => {
                 let unit = unit_name(state.policy);
                 let mut p = Problem::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "rate-limited",
-                    "Too many requests",
+                    ProblemType::RateLimited,
                     format!("over the limit of {rate} {unit}/s (burst {}) set by {source}; nothing of this request was accepted: retry in {retry_after} s", state.burst),
                 )
                 .retry_after(retry_after);
@@ -238,9 +236,7 @@ impl From<Refused> for Problem {
                 burst,
                 source,
             } => Problem::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "over-burst",
-                "Request larger than the rate limit's burst",
+                ProblemType::OverBurst,
                 format!(
                     "this request carries {asked} {}; the limit set by {source} allows at most {burst} at once: send smaller requests",
                     unit_name(policy)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: installs what it needs (moto for the S3 tests,
-# DuckDB for the Parquet tables, Chromium for the browser test), then runs every test target.
+# DuckDB for the Parquet tables, schemathesis for the OpenAPI fuzzing,
+# Chromium for the browser test), then runs every test target.
 # Usage: bash tests/run.sh [extra cargo test args]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +15,10 @@ fi
 # tests/compact.rs reads the Parquet tables back with DuckDB.
 if ! python3 -c 'import duckdb' >/dev/null 2>&1; then
   python3 -m pip install --quiet duckdb
+fi
+# tests/openapi.rs fuzzes a live gateway from GET /openapi.json with schemathesis.
+if ! python3 -c 'import schemathesis' >/dev/null 2>&1; then
+  python3 -m pip install --quiet schemathesis
 fi
 # tests/browser.rs drives headless Chromium (Debian package; root with apt).
 if [ ! -x /usr/bin/chromium ]; then

@@ -13,7 +13,7 @@ use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode
 
 use crate::body::Body;
 use crate::config::{Config, KeyConfig, Scope};
-use crate::error::Problem;
+use crate::error::{Problem, ProblemType};
 use crate::limit::Limiter;
 use crate::tenants::{StreamError, StreamSettings, Tenant, Tenants};
 use keys::KeyTable;
@@ -103,14 +103,9 @@ impl Grant {
     pub fn stream(&self, name: &str) -> Result<Arc<StreamSettings>, Problem> {
         self.tenant.stream(name).cloned().map_err(|e| match e {
             StreamError::BadName { .. } => {
-                Problem::bad_request("invalid-stream-name", e.to_string())
+                Problem::new(ProblemType::InvalidStreamName, e.to_string())
             }
-            StreamError::Unknown { .. } => Problem::new(
-                StatusCode::NOT_FOUND,
-                "unknown-stream",
-                "Unknown stream",
-                e.to_string(),
-            ),
+            StreamError::Unknown { .. } => Problem::new(ProblemType::UnknownStream, e.to_string()),
         })
     }
 
@@ -120,7 +115,7 @@ impl Grant {
         let settings = self.stream(name)?;
         if settings.dead_letters {
             return Err(forbidden(
-                "dead-letter-stream",
+                ProblemType::DeadLetterStream,
                 format!("{name} is a dead-letter stream: only the gateway writes it (sluice replay moves its events back)"),
             ));
         }
@@ -218,7 +213,10 @@ impl Access {
         }
         let (presented, in_query) = credential(req)?;
         let key = self.keys.find(presented).ok_or_else(|| {
-            unauthorized("unknown-key", "the API key is not known to this gateway")
+            unauthorized(
+                ProblemType::UnknownKey,
+                "the API key is not known to this gateway",
+            )
         })?;
         let origin = req
             .headers()
@@ -229,19 +227,19 @@ impl Access {
         }
         if !key.scopes.contains(&action.scope()) {
             return Err(forbidden(
-                "forbidden-scope",
+                ProblemType::ForbiddenScope,
                 format!("key {} has no {:?} scope", key.id, action.name()),
             ));
         }
         if let Some(s) = stream.filter(|s| !key.allows_stream(s)) {
             return Err(forbidden(
-                "forbidden-stream",
+                ProblemType::ForbiddenStream,
                 format!("key {} may not use stream {s:?} (keys[].streams)", key.id),
             ));
         }
         if let Some(o) = origin.filter(|o| !key.allows_origin(o)) {
             return Err(forbidden(
-                "forbidden-origin",
+                ProblemType::ForbiddenOrigin,
                 format!(
                     "key {} may not be used from origin {o:?} (keys[].origins)",
                     key.id
@@ -269,8 +267,8 @@ impl Access {
             .get(header::ORIGIN)
             .and_then(|v| v.to_str().ok());
         let Some(origin) = origin else {
-            return Problem::bad_request(
-                "not-a-preflight",
+            return Problem::new(
+                ProblemType::NotAPreflight,
                 "OPTIONS is answered for CORS preflights, which carry Origin",
             )
             .response();
@@ -285,7 +283,7 @@ impl Access {
                 None => "no key of this gateway may",
             };
             return forbidden(
-                "forbidden-origin",
+                ProblemType::ForbiddenOrigin,
                 format!("{whose} be used from origin {origin:?}"),
             )
             .response();
@@ -341,7 +339,7 @@ fn credential<B>(req: &Request<B>) -> Result<(&str, bool), Problem> {
             .map(|(_, key)| key.trim());
         return bearer.map(|k| (k, false)).ok_or_else(|| {
             unauthorized(
-                "bad-authorization",
+                ProblemType::BadAuthorization,
                 "Authorization must be \"Bearer <key>\"",
             )
         });
@@ -352,7 +350,7 @@ fn credential<B>(req: &Request<B>) -> Result<(&str, bool), Problem> {
     match query_key(req) {
         Some(k) => Ok((k, true)),
         None => Err(unauthorized(
-            "missing-key",
+            ProblemType::MissingKey,
             "send an API key: Authorization: Bearer <key>, X-API-Key, or ?key= (writes from browsers)",
         )),
     }
@@ -370,21 +368,21 @@ fn query_key<B>(req: &Request<B>) -> Option<&str> {
 fn check_query_key(key: &Key, action: Action, origin: Option<&str>) -> Result<(), Problem> {
     if action != Action::Write {
         return Err(forbidden(
-            "key-in-query",
+            ProblemType::KeyInQuery,
             "?key= is accepted for writes only; send the key in Authorization or X-API-Key",
         ));
     }
     match origin {
         Some(o) if key.allows_origin(o) => Ok(()),
         Some(o) => Err(forbidden(
-            "forbidden-origin",
+            ProblemType::ForbiddenOrigin,
             format!(
                 "key {} may not be used from origin {o:?} (keys[].origins)",
                 key.id
             ),
         )),
         None => Err(forbidden(
-            "key-in-query",
+            ProblemType::KeyInQuery,
             format!(
                 "?key= needs an Origin header that key {} allows (keys[].origins)",
                 key.id
@@ -412,14 +410,14 @@ fn check_same_origin<B>(req: &Request<B>) -> Result<(), Problem> {
     match (authority, host) {
         (Some(a), Some(h)) if a.eq_ignore_ascii_case(h) => Ok(()),
         _ => Err(forbidden(
-            "forbidden-origin",
+            ProblemType::ForbiddenOrigin,
             "auth is off: requests from browser pages on other origins are refused; declare [[keys]] with origins",
         )),
     }
 }
 
-fn unauthorized(kind: &'static str, detail: &str) -> Problem {
-    let mut p = Problem::new(StatusCode::UNAUTHORIZED, kind, "Unauthorized", detail);
+fn unauthorized(kind: ProblemType, detail: &str) -> Problem {
+    let mut p = Problem::new(kind, detail);
     p.headers_mut().insert(
         header::WWW_AUTHENTICATE,
         HeaderValue::from_static("Bearer realm=\"sluice\""),
@@ -427,8 +425,8 @@ fn unauthorized(kind: &'static str, detail: &str) -> Problem {
     p
 }
 
-fn forbidden(kind: &'static str, detail: impl Into<String>) -> Problem {
-    Problem::new(StatusCode::FORBIDDEN, kind, "Forbidden", detail)
+fn forbidden(kind: ProblemType, detail: impl Into<String>) -> Problem {
+    Problem::new(kind, detail)
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use super::{check_name, now, Checkpoint, Checkpoints, ConsumeError, Position};
 use crate::auth::Grant;
 use crate::body::Body;
-use crate::error::Problem;
+use crate::error::{Problem, ProblemType};
 use crate::ingest::json;
 use crate::log::record::StreamPath;
 use crate::log::retry::RetryPolicy;
@@ -29,40 +29,27 @@ impl From<ConsumeError> for Problem {
     fn from(e: ConsumeError) -> Self {
         let detail = e.to_string();
         match e {
-            ConsumeError::BadName { .. } => Problem::bad_request("invalid-group-name", detail),
-            ConsumeError::Conflict(_) => Problem::new(
-                StatusCode::CONFLICT,
-                "checkpoint-conflict",
-                "Checkpoint conflict",
-                detail,
-            ),
+            ConsumeError::BadName { .. } => Problem::new(ProblemType::InvalidGroupName, detail),
+            ConsumeError::Conflict(_) => Problem::new(ProblemType::CheckpointConflict, detail),
             ConsumeError::Unavailable { .. }
             | ConsumeError::List { .. }
             | ConsumeError::Log { .. }
-            | ConsumeError::Store(_) => Problem::unavailable("store-unavailable", detail),
+            | ConsumeError::Store(_) => Problem::new(ProblemType::StoreUnavailable, detail),
             ConsumeError::Expired {
                 partition,
                 offset,
                 first_offset,
                 ..
             } => Problem::offset_expired(partition, offset, first_offset, detail),
-            ConsumeError::AheadOfLog { .. } => Problem::new(
-                StatusCode::CONFLICT,
-                "checkpoint-ahead-of-log",
-                "Checkpoint ahead of the log",
-                detail,
-            ),
+            ConsumeError::AheadOfLog { .. } => {
+                Problem::new(ProblemType::CheckpointAheadOfLog, detail)
+            }
             ConsumeError::CorruptCheckpoint { .. }
             | ConsumeError::UnknownFormat(_)
             | ConsumeError::Parquet(_)
             | ConsumeError::Envelope { .. }
             | ConsumeError::NoStoreDir { .. }
-            | ConsumeError::Output { .. } => Problem::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "Internal error",
-                detail,
-            ),
+            | ConsumeError::Output { .. } => Problem::new(ProblemType::Internal, detail),
         }
     }
 }
@@ -114,7 +101,10 @@ async fn group_of(app: &App, grant: &Grant, stream: &str, group: &str) -> Result
         .partitions(&path, configured)
         .await
         .map_err(|(prefix, e)| {
-            Problem::unavailable("store-unavailable", format!("cannot list {prefix}: {e}"))
+            Problem::new(
+                ProblemType::StoreUnavailable,
+                format!("cannot list {prefix}: {e}"),
+            )
         })?;
     let policy = RetryPolicy {
         deadline: app.config.batch.store_retry(),
@@ -130,7 +120,7 @@ async fn group_of(app: &App, grant: &Grant, stream: &str, group: &str) -> Result
 
 async fn head_offset(app: &App, g: &Group, partition: u32) -> Result<u64, Problem> {
     let head = app.log.head(&g.path, partition).await;
-    let head = head.map_err(|e| Problem::unavailable("store-unavailable", e.to_string()))?;
+    let head = head.map_err(|e| Problem::new(ProblemType::StoreUnavailable, e.to_string()))?;
     Ok(head.next_offset)
 }
 
@@ -181,9 +171,7 @@ pub async fn commit(
 ) -> Result<Response<Body>, Problem> {
     if grant.key.as_ref().is_some_and(|k| k.is_browser_key()) {
         return Err(Problem::new(
-            StatusCode::FORBIDDEN,
-            "forbidden-scope",
-            "Forbidden",
+            ProblemType::ForbiddenScope,
             "a browser key (one with origins) cannot move a consumer group's checkpoints: its key is visible in web pages",
         ));
     }
@@ -238,9 +226,7 @@ pub async fn commit(
         .map(|c| format!("partition {} (seq {} taken)", c.partition, c.seq))
         .collect();
     let problem = Problem::new(
-        StatusCode::CONFLICT,
-        "checkpoint-conflict",
-        "Checkpoint conflict",
+        ProblemType::CheckpointConflict,
         format!(
             "group {group}: {} advanced by another consumer; nothing was committed for {}: \
              re-read the group and retry. The other partitions listed in `partitions` did advance",
@@ -319,7 +305,7 @@ fn consumer_id(grant: &Grant) -> String {
 }
 
 fn bad_commit(detail: impl Into<String>) -> Problem {
-    Problem::bad_request("bad-commit", detail)
+    Problem::new(ProblemType::BadCommit, detail)
 }
 
 /// The whole body, at most [`MAX_COMMIT_BODY_BYTES`], within the body timeout.

@@ -22,7 +22,7 @@ use serde::Serialize;
 use crate::auth::Grant;
 use crate::batch::{Ack, Dest};
 use crate::decode::{self, Decoded, Encoding, Format};
-use crate::error::{EventError, Problem};
+use crate::error::{EventError, Problem, ProblemType};
 use crate::limit::RateState;
 use crate::log::segment::ReceivedAt;
 use crate::server::App;
@@ -178,9 +178,7 @@ pub async fn ingest_bytes(
     }
     if accepted == 0 {
         let mut p = Problem::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid-events",
-            "Every event is invalid",
+            ProblemType::InvalidEvents,
             format!("all {rejected} events were rejected; see errors"),
         );
         (p.errors, p.errors_omitted, p.dead_lettered) = (errors, omitted, dead_lettered);
@@ -222,12 +220,7 @@ async fn reserve_letters(
 }
 
 fn internal(detail: String) -> Problem {
-    Problem::new(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "internal",
-        "Internal error",
-        detail,
-    )
+    Problem::new(ProblemType::Internal, detail)
 }
 
 /// Does the query string hold exactly `pair` (`name=value`)?
@@ -275,7 +268,7 @@ pub(crate) async fn read_limited_body(
     limit: usize,
     too_large: &str,
 ) -> Result<Bytes, Problem> {
-    let too_large = || Problem::payload_too_large(too_large);
+    let too_large = || Problem::new(ProblemType::TooLarge, too_large);
     let declared =
         header_str(req.headers(), header::CONTENT_LENGTH).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
@@ -286,9 +279,7 @@ pub(crate) async fn read_limited_body(
         .await
         .map_err(|_| {
             Problem::new(
-                StatusCode::REQUEST_TIMEOUT,
-                "body-timeout",
-                "Request timeout",
+                ProblemType::BodyTimeout,
                 format!(
                     "the body did not arrive within {} ms (server.body_read_timeout_ms)",
                     timeout.as_millis()
@@ -298,8 +289,8 @@ pub(crate) async fn read_limited_body(
     match collected {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-        Err(e) => Err(Problem::bad_request(
-            "body-read-failed",
+        Err(e) => Err(Problem::new(
+            ProblemType::BodyReadFailed,
             format!("could not read the request body: {e}"),
         )),
     }
@@ -336,12 +327,12 @@ async fn wait_for_ack(
     match tokio::time::timeout_at(deadline, rx).await {
         Ok(Ok(Ok(ack))) => Ok(ack),
         Ok(Ok(Err(e))) => Err(internal(e.to_string())),
-        Ok(Err(_)) => Err(Problem::unavailable(
-            "store-unavailable",
+        Ok(Err(_)) => Err(Problem::new(
+            ProblemType::StoreUnavailable,
             "the commit was abandoned; retry the request",
         )),
-        Err(_) => Err(Problem::unavailable(
-            "store-unavailable",
+        Err(_) => Err(Problem::new(
+            ProblemType::StoreUnavailable,
             format!(
                 "events were not committed within {} ms (batch.ack_timeout_ms); they may still be committed: retry, and expect at-least-once delivery",
                 limit.as_millis()

@@ -22,7 +22,7 @@ use super::{ingest_bytes, Accepted, Target};
 use crate::auth::Grant;
 use crate::body::Body;
 use crate::decode::{Encoding, Format};
-use crate::error::Problem;
+use crate::error::{Problem, ProblemType};
 use crate::server::upgrade::{self, Socket};
 use crate::server::App;
 use crate::tenants::StreamSettings;
@@ -120,7 +120,7 @@ async fn serve(app: Arc<App>, dest: Arc<Owned>, socket: Socket, mode: Mode) {
         let text = match next {
             Some(Ok(Message::Text(t))) => Bytes::from(t),
             Some(Ok(Message::Binary(_))) => {
-                let p = Problem::bad_request("binary-frame", "send events as text frames");
+                let p = Problem::new(ProblemType::BinaryFrame, "send events as text frames");
                 let _ = out.send(Message::text(frame_error(frame, None, &p))).await;
                 frame += 1;
                 continue;
@@ -181,8 +181,8 @@ async fn answer(app: &Arc<App>, target: Target<'_>, text: Bytes, frame: u64, mod
                 slice(&text, e.events.get()),
             ),
             Err(e) => {
-                let p = Problem::bad_request(
-                    "bad-envelope",
+                let p = Problem::new(
+                    ProblemType::BadEnvelope,
                     format!("with envelope=true a frame is {{\"id\":…,\"events\":[…]}}: {e}"),
                 );
                 return frame_error(frame, None, &p);

@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use super::{ReadError, Tailer};
 use crate::auth::Grant;
 use crate::body::Body;
-use crate::error::Problem;
+use crate::error::{Problem, ProblemType};
 use crate::ingest::json;
 use crate::log::{LogError, ReadBatch};
 use crate::server::App;
@@ -38,19 +38,14 @@ impl From<ReadError> for Problem {
     fn from(e: ReadError) -> Self {
         let detail = e.to_string();
         match e {
-            ReadError::OutOfRange { .. } => Problem::new(
-                StatusCode::RANGE_NOT_SATISFIABLE,
-                "offset-out-of-range",
-                "Offset out of range",
-                detail,
-            ),
-            ReadError::TooManyTailers { .. } => Problem::unavailable("overloaded", detail),
+            ReadError::OutOfRange { .. } => Problem::new(ProblemType::OffsetOutOfRange, detail),
+            ReadError::TooManyTailers { .. } => Problem::new(ProblemType::Overloaded, detail),
             ReadError::Log(LogError::Expired {
                 partition,
                 offset,
                 first_offset,
             }) => Problem::offset_expired(partition, offset, first_offset, detail),
-            ReadError::Log(_) => Problem::unavailable("store-unavailable", detail),
+            ReadError::Log(_) => Problem::new(ProblemType::StoreUnavailable, detail),
         }
     }
 }
@@ -70,8 +65,8 @@ fn number<T: std::str::FromStr>(q: &BTreeMap<&str, &str>, key: &str) -> Result<O
     match q.get(key) {
         None => Ok(None),
         Some(v) => v.parse().map(Some).map_err(|_| {
-            Problem::bad_request(
-                "bad-query",
+            Problem::new(
+                ProblemType::BadQuery,
                 format!("query parameter {key}={v:?} must be a non-negative integer"),
             )
         }),
@@ -81,8 +76,8 @@ fn number<T: std::str::FromStr>(q: &BTreeMap<&str, &str>, key: &str) -> Result<O
 fn partition_of(n: u32, q: &BTreeMap<&str, &str>) -> Result<u32, Problem> {
     let p = number::<u32>(q, "partition")?.unwrap_or(0);
     if p >= n {
-        return Err(Problem::bad_request(
-            "bad-query",
+        return Err(Problem::new(
+            ProblemType::BadQuery,
             format!(
                 "partition {p} does not exist; this stream has partitions 0-{}",
                 n - 1
@@ -196,8 +191,8 @@ async fn known_head(heads: &mut watch::Receiver<Option<u64>>) -> Result<u64, Pro
     let found = tokio::time::timeout(DISCOVERY_WAIT, heads.wait_for(Option::is_some)).await;
     match found {
         Ok(Ok(h)) => Ok((*h).unwrap_or(0)),
-        _ => Err(Problem::unavailable(
-            "store-unavailable",
+        _ => Err(Problem::new(
+            ProblemType::StoreUnavailable,
             "the partition's head could not be read from the store",
         )),
     }
@@ -272,8 +267,8 @@ fn start_positions(n: u32, req: &Request<Incoming>) -> Result<Vec<StartAt>, Prob
     let mut start = vec![StartAt::Latest; n];
     for part in spec.split(',') {
         let bad = || {
-            Problem::bad_request(
-                "bad-query",
+            Problem::new(
+                ProblemType::BadQuery,
                 format!("position {part:?} must be PARTITION:OFFSET or PARTITION:latest"),
             )
         };
@@ -363,8 +358,8 @@ impl Subscription {
     ) -> Result<Subscription, Problem> {
         let wanted = start_positions(at.partitions, req)?;
         let permit = app.subscribers.clone().try_acquire_owned().map_err(|_| {
-            Problem::unavailable(
-                "overloaded",
+            Problem::new(
+                ProblemType::Overloaded,
                 format!(
                     "this gateway already serves {} subscribers (read.max_subscribers)",
                     app.readers.config().max_subscribers
@@ -523,7 +518,10 @@ pub async fn list(app: &Arc<App>, grant: &Grant) -> Result<Response<Body>, Probl
         .list_with_delimiter(Some(&prefix))
         .await
         .map_err(|e| {
-            Problem::unavailable("store-unavailable", format!("cannot list streams: {e}"))
+            Problem::new(
+                ProblemType::StoreUnavailable,
+                format!("cannot list streams: {e}"),
+            )
         })?;
     let mut names: Vec<String> = listing
         .common_prefixes
@@ -551,7 +549,7 @@ pub async fn describe(
     let log = &app.log;
     let path = log.stream(&grant.tenant.name, stream);
     let unavailable =
-        |e: crate::log::LogError| Problem::unavailable("store-unavailable", e.to_string());
+        |e: crate::log::LogError| Problem::new(ProblemType::StoreUnavailable, e.to_string());
     let (mut partitions, mut created) = (Vec::new(), None::<String>);
     let mut written = false;
     for p in 0..settings.partitions {
@@ -576,9 +574,10 @@ pub async fn describe(
         }));
     }
     if !written && !settings.declared {
-        return Err(Problem::not_found(format!(
-            "stream {stream:?} has no events"
-        )));
+        return Err(Problem::new(
+            ProblemType::NotFound,
+            format!("stream {stream:?} has no events"),
+        ));
     }
     Ok(json(
         StatusCode::OK,

@@ -16,7 +16,7 @@ use tokio::sync::Semaphore;
 
 use super::{routes, App};
 use crate::body::Body;
-use crate::error::Problem;
+use crate::error::{Problem, ProblemType};
 
 /// Scrapers connected at once; more wait in the backlog.
 const MAX_CONNECTIONS: usize = 16;
@@ -62,7 +62,10 @@ fn answer(app: &Arc<App>, req: &Request<Incoming>) -> Response<Body> {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/metrics") => routes::metrics(app),
         (&Method::GET, "/healthz") => routes::text(StatusCode::OK, "ok\n"),
-        _ => Problem::not_found("the metrics listener serves GET /metrics and GET /healthz only")
-            .response(),
+        _ => Problem::new(
+            ProblemType::NotFound,
+            "the metrics listener serves GET /metrics and GET /healthz only",
+        )
+        .response(),
     }
 }

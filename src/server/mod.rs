@@ -8,6 +8,7 @@
 mod metrics_listener;
 pub mod request_id;
 mod routes;
+pub mod table;
 pub mod tls;
 pub mod upgrade;
 
@@ -70,8 +71,8 @@ impl App {
         &self,
     ) -> Result<tokio::sync::OwnedSemaphorePermit, crate::error::Problem> {
         self.sockets.clone().try_acquire_owned().map_err(|_| {
-            crate::error::Problem::unavailable(
-                "overloaded",
+            crate::error::Problem::new(
+                crate::error::ProblemType::Overloaded,
                 format!(
                     "this gateway already holds {} connections (server.max_connections)",
                     self.config.server.max_connections

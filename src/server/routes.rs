@@ -1,6 +1,8 @@
-//! Routing and the small routes: health, readiness, metrics.
+//! Routing and the small routes: health, readiness, metrics, the OpenAPI
+//! description.
 //!
-//! Owns the route table and per-route request metrics. Ingest has its own module.
+//! Owns dispatch on the route table (`table`) and per-route request metrics.
+//! Ingest, reads and consumer groups have their own modules.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -13,41 +15,18 @@ use http::{header, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use object_store::ObjectStoreExt;
 
+use super::table::{self, Match, Params, Route};
 use super::{request_id, App};
 use crate::auth::{self, Action};
-use crate::error::Problem;
+use crate::error::{Problem, ProblemType};
 use crate::{consume, ingest, read};
 
-/// Route labels: a fixed vocabulary, never the raw path.
+/// Route labels: a fixed vocabulary from the route table, never the raw path.
 fn route_label(method: &Method, path: &str) -> &'static str {
-    match (method, path) {
-        (_, "/healthz") => "healthz",
-        (_, "/readyz") => "readyz",
-        (_, "/metrics") => "metrics",
-        (_, p) if is_consumers_path(p) => "consumers",
-        (&Method::POST, p) if p.starts_with("/v1/streams/") => "ingest",
-        (&Method::GET, p) if p.starts_with("/v1/streams/") && p.ends_with("/events") => "read",
-        (&Method::GET, p) if p.starts_with("/v1/streams/") && p.ends_with("/ws") => "ws_ingest",
-        (&Method::GET, p) if p.starts_with("/v1/streams/") && p.ends_with("/subscribe") => {
-            "subscribe"
-        }
-        (&Method::GET, p) if p.starts_with("/v1/streams") => "streams",
-        (&Method::OPTIONS, _) => "preflight",
-        _ => "other",
+    if method == Method::OPTIONS {
+        return "preflight";
     }
-}
-
-/// `/v1/streams/{stream}/consumers/{group}[/commit]`, by segment (a stream
-/// may itself be called `consumers`).
-fn is_consumers_path(path: &str) -> bool {
-    let mut s = path.trim_start_matches('/').split('/');
-    s.next() == Some("v1")
-        && s.next() == Some("streams")
-        && s.next().is_some()
-        && s.next() == Some("consumers")
-        && s.next().is_some()
-        && matches!(s.next(), None | Some("commit"))
-        && s.next().is_none()
+    Route::for_path(path).map_or("other", Route::label)
 }
 
 /// The in-flight gauge, registered once (it is touched twice per request).
@@ -90,64 +69,82 @@ pub async fn route(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Bod
 
 async fn dispatch(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, Problem> {
     let path = req.uri().path().to_string();
-    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let (route, Params { stream, group }) = match Route::find(req.method(), &path) {
+        Match::Found(route, params) => (route, params),
+        Match::WrongMethod(allowed) => {
+            return Err(method_not_allowed(req.method(), &path, &allowed))
+        }
+        Match::NotFound => {
+            let detail = format!("no route for {} {path}", req.method());
+            return Err(Problem::new(ProblemType::NotFound, detail));
+        }
+    };
     let grant = |action, stream| app.access.authorize(&req, action, stream);
-    match (req.method(), segments.as_slice()) {
-        (&Method::GET, ["healthz"]) => Ok(text(StatusCode::OK, "ok\n")),
-        (&Method::GET, ["readyz"]) => Ok(readyz(app).await),
-        (&Method::GET, ["metrics"]) => {
+    match route {
+        Route::Healthz => Ok(text(StatusCode::OK, "ok\n")),
+        Route::Readyz => Ok(readyz(app).await),
+        Route::OpenApi => Ok(openapi()),
+        Route::Metrics => {
             grant(Action::Metrics, None)?;
             Ok(metrics(app))
         }
-        (&Method::POST, ["v1", "streams", stream, "events"]) => {
+        Route::Ingest => {
             let g = grant(Action::Write, Some(stream))?;
             ingest::handle(app, &g, stream, req).await
         }
-        (&Method::GET, ["v1", "streams", stream, "events"]) => {
+        Route::Read => {
             let g = grant(Action::Read, Some(stream))?;
             read::routes::events(app, &g, stream, req).await
         }
-        (&Method::GET, ["v1", "streams", stream, "ws"]) => {
+        Route::WsIngest => {
             let g = grant(Action::Write, Some(stream))?;
             ingest::ws::handle(app, &g, stream, req).await
         }
-        (&Method::GET, ["v1", "streams", stream, "subscribe"]) => {
+        Route::Subscribe => {
             let g = grant(Action::Read, Some(stream))?;
             read::ws::handle(app, &g, stream, req).await
         }
-        (&Method::GET, ["v1", "streams"]) => {
+        Route::List => {
             let g = grant(Action::Read, None)?;
             read::routes::list(app, &g).await
         }
-        (&Method::GET, ["v1", "streams", stream]) => {
+        Route::Describe => {
             let g = grant(Action::Read, Some(stream))?;
             read::routes::describe(app, &g, stream).await
         }
-        (&Method::GET, ["v1", "streams", stream, "consumers", group]) => {
+        Route::Group => {
             let g = grant(Action::Read, Some(stream))?;
             consume::routes::describe(app, &g, stream, group).await
         }
-        (&Method::POST, ["v1", "streams", stream, "consumers", group, "commit"]) => {
+        Route::Commit => {
             let g = grant(Action::Read, Some(stream))?;
             consume::routes::commit(app, &g, stream, group, req).await
         }
-        (_, ["v1", "streams", _, "events"])
-        | (
-            _,
-            ["v1", "streams", _, "consumers", _] | ["v1", "streams", _, "consumers", _, "commit"],
-        )
-        | (_, ["v1", "streams"] | ["v1", "streams", _])
-        | (_, ["healthz" | "readyz" | "metrics"]) => Err(Problem::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method-not-allowed",
-            "Method not allowed",
-            format!("{} is not allowed on {path}", req.method()),
-        )),
-        _ => Err(Problem::not_found(format!(
-            "no route for {} {path}",
-            req.method()
-        ))),
     }
+}
+
+/// 405 with `Allow` (RFC 9110 §15.5.6): the methods the path has.
+fn method_not_allowed(method: &Method, path: &str, allowed: &[Method]) -> Problem {
+    let mut p = Problem::new(
+        ProblemType::MethodNotAllowed,
+        format!("{method} is not allowed on {path}"),
+    );
+    if let Ok(v) = header::HeaderValue::from_str(&table::allow_header(allowed)) {
+        p.headers_mut().insert(header::ALLOW, v);
+    }
+    p
+}
+
+/// The OpenAPI 3.1 description of [`Route::ALL`], served as written.
+const OPENAPI: &str = include_str!("openapi.json");
+
+fn openapi() -> Response<Body> {
+    let mut resp = Response::new(crate::body::full(Bytes::from_static(OPENAPI.as_bytes())));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    resp
 }
 
 pub(super) fn text(status: StatusCode, body: &'static str) -> Response<Body> {
@@ -163,7 +160,7 @@ pub(super) fn text(status: StatusCode, body: &'static str) -> Response<Body> {
 /// Ready when not draining and the store answers a HEAD within a second.
 async fn readyz(app: &Arc<App>) -> Response<Body> {
     if app.is_draining() {
-        return Problem::unavailable("draining", "the gateway is shutting down").response();
+        return Problem::new(ProblemType::Draining, "the gateway is shutting down").response();
     }
     let store = app.log.store();
     let probe = store.root.clone().join("_sluice_probe");
@@ -172,13 +169,16 @@ async fn readyz(app: &Arc<App>) -> Response<Body> {
         Ok(Ok(_)) | Ok(Err(object_store::Error::NotFound { .. })) => {
             text(StatusCode::OK, "ready\n")
         }
-        Ok(Err(e)) => {
-            Problem::unavailable("store-unavailable", format!("store does not answer: {e}"))
-                .response()
-        }
-        Err(_) => {
-            Problem::unavailable("store-unavailable", "store did not answer within 1 s").response()
-        }
+        Ok(Err(e)) => Problem::new(
+            ProblemType::StoreUnavailable,
+            format!("store does not answer: {e}"),
+        )
+        .response(),
+        Err(_) => Problem::new(
+            ProblemType::StoreUnavailable,
+            "store did not answer within 1 s",
+        )
+        .response(),
     }
 }
 

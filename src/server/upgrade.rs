@@ -15,7 +15,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
 use crate::body::Body;
-use crate::error::Problem;
+use crate::error::{Problem, ProblemType};
 
 /// A server-side WebSocket over an upgraded hyper connection.
 pub type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
@@ -33,15 +33,13 @@ pub fn check(req: &Request<Incoming>) -> Result<(), Problem> {
     };
     if !has(header::UPGRADE, "websocket") || !has(header::CONNECTION, "upgrade") {
         return Err(Problem::new(
-            StatusCode::UPGRADE_REQUIRED,
-            "websocket-required",
-            "WebSocket required",
+            ProblemType::WebsocketRequired,
             "this route speaks WebSocket: send Upgrade: websocket",
         ));
     }
     if !headers.contains_key(header::SEC_WEBSOCKET_KEY) {
-        return Err(Problem::bad_request(
-            "bad-websocket",
+        return Err(Problem::new(
+            ProblemType::BadWebsocket,
             "Sec-WebSocket-Key is missing",
         ));
     }
