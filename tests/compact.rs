@@ -103,20 +103,10 @@ async fn committed(store: &Store, stream: &str) -> BTreeMap<(u32, u64), (i64, St
 /// Copy the stream's `tables/` to a local directory (S3) or point at it (file).
 async fn tables_dir(store: &Store, stream: &str) -> tempfile::TempDir {
     let out = tempfile::tempdir().unwrap();
-    let prefix = object_store::path::Path::from(format!("root/default/{stream}/tables"));
-    let objects: Vec<_> = store.inner.list(Some(&prefix)).try_collect().await.unwrap();
-    for o in objects {
-        let rel = o.location.as_ref().strip_prefix(prefix.as_ref()).unwrap();
-        let to = out.path().join(rel.trim_start_matches('/'));
+    let prefix = format!("root/default/{stream}/tables/");
+    for (key, bytes) in table_files(store, stream).await {
+        let to = out.path().join(key.strip_prefix(&prefix).unwrap());
         std::fs::create_dir_all(to.parent().unwrap()).unwrap();
-        let bytes = store
-            .inner
-            .get(&o.location)
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap();
         std::fs::write(&to, &bytes).unwrap();
     }
     out
