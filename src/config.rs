@@ -33,6 +33,9 @@ pub struct Config {
     /// keys, for a scraper on an internal network (`SLUICE_METRICS_LISTEN`).
     /// Unset: metrics are on the main listener only.
     pub metrics_listen: Option<String>,
+    /// Record and serve metrics (`SLUICE_METRICS`). Off: nothing is recorded
+    /// and `GET /metrics` is 404; the load harness measures their cost so.
+    pub metrics: bool,
     /// Store URL: `file://PATH`, `memory://`, `s3://BUCKET/PREFIX` (`SLUICE_STORE`).
     pub store: String,
     /// Tenant that owns every stream while auth is off.
@@ -301,6 +304,7 @@ impl Default for Config {
         Config {
             listen: "127.0.0.1:8080".into(),
             metrics_listen: None,
+            metrics: true,
             store: "file://./sluice-data".into(),
             tenant: "default".into(),
             server: ServerConfig::default(),
@@ -469,7 +473,7 @@ impl Config {
     }
 
     /// Parse TOML `text` (from `shown`), then apply `SLUICE_*` overrides:
-    /// `SLUICE_LISTEN`, `SLUICE_METRICS_LISTEN`, `SLUICE_STORE`,
+    /// `SLUICE_LISTEN`, `SLUICE_METRICS_LISTEN`, `SLUICE_METRICS`, `SLUICE_STORE`,
     /// `SLUICE_TENANT` set top-level keys;
     /// `SLUICE_<SECTION>__<KEY>` sets `[section] key` (e.g.
     /// `SLUICE_BATCH__MAX_AGE_MS=50`). Values are TOML (numbers, booleans),
@@ -498,7 +502,7 @@ impl Config {
 
     /// Reject values that cannot work, naming the key.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let checks: [(&'static str, bool, &str); 13] = [
+        let checks: [(&'static str, bool, &str); 14] = [
             (
                 "read.poll_interval_ms",
                 self.read.poll_interval_ms > 0,
@@ -525,6 +529,11 @@ impl Config {
                     .as_ref()
                     .is_none_or(|a| a.parse::<std::net::SocketAddr>().is_ok() && *a != self.listen),
                 "must be HOST:PORT with an IP address, other than listen",
+            ),
+            (
+                "metrics_listen",
+                self.metrics || self.metrics_listen.is_none(),
+                "must be unset while metrics = false",
             ),
             (
                 "tenant",
@@ -785,8 +794,11 @@ fn env_key(name: &str) -> Option<Vec<String>> {
     if let Some((section, key)) = rest.split_once("__") {
         return Some(vec![section.to_ascii_lowercase(), key.to_ascii_lowercase()]);
     }
-    matches!(rest, "LISTEN" | "METRICS_LISTEN" | "STORE" | "TENANT")
-        .then(|| vec![rest.to_ascii_lowercase()])
+    matches!(
+        rest,
+        "LISTEN" | "METRICS_LISTEN" | "METRICS" | "STORE" | "TENANT"
+    )
+    .then(|| vec![rest.to_ascii_lowercase()])
 }
 
 /// A TOML value if the text is one (number, boolean), else the text as a string.

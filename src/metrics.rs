@@ -6,6 +6,7 @@
 
 use std::sync::OnceLock;
 
+use metrics::Unit;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// Objects garbage collection deleted, by `kind`: `segment` and `record`
@@ -26,6 +27,46 @@ const LATENCY_BUCKETS: &[f64] = &[
 const SIZE_BUCKETS: &[f64] = &[
     1024.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0, 8388608.0, 33554432.0,
 ];
+
+/// DESIGN §5's metrics with their help text, in exposition order.
+const DESCRIBED: &[(&str, Unit, &str)] = &[
+    ("sluice_http_requests_total", Unit::Count, "HTTP answers by route and status"),
+    ("sluice_events_total", Unit::Count, "Events by tenant, stream and outcome (accepted, invalid, rate_limited, too_large, dead_lettered)"),
+    ("sluice_ingest_bytes_total", Unit::Bytes, "Accepted event bytes by tenant and stream"),
+    ("sluice_segments_committed_total", Unit::Count, "Segments committed to the log by tenant and stream"),
+    ("sluice_commit_conflicts_total", Unit::Count, "Commits that lost a put-if-absent race and retried at the next offset"),
+    ("sluice_store_errors_total", Unit::Count, "Failed object store calls by operation (each retry counts)"),
+    ("sluice_http_request_duration_seconds", Unit::Seconds, "Time from request to response by route"),
+    ("sluice_ack_latency_seconds", Unit::Seconds, "Time from receipt to durable ack"),
+    ("sluice_flush_duration_seconds", Unit::Seconds, "Time to seal, write and commit one segment"),
+    ("sluice_segment_bytes", Unit::Bytes, "Stored (compressed) size of committed segments"),
+    ("sluice_buffered_bytes", Unit::Bytes, "Bytes held in batch buffers, against batch.max_buffered_bytes"),
+    ("sluice_buffered_events", Unit::Count, "Events held in batch buffers"),
+    ("sluice_inflight_requests", Unit::Count, "HTTP requests being served (the autoscaling metric)"),
+    ("sluice_websocket_connections", Unit::Count, "Open WebSocket connections by kind (ingest, subscribe)"),
+    ("sluice_draining", Unit::Count, "1 while the gateway drains before exit, else 0"),
+];
+
+/// Describe every DESIGN §5 metric and register the series that have no
+/// traffic yet (gauges at 0, both WebSocket kinds), so a scrape of an idle
+/// gateway already shows them. Call after [`handle`].
+pub fn register() {
+    for (name, unit, help) in DESCRIBED {
+        // The exporter keeps one description per name, whatever the kind.
+        metrics::describe_counter!(*name, *unit, *help);
+    }
+    for name in [
+        "sluice_buffered_bytes",
+        "sluice_buffered_events",
+        "sluice_inflight_requests",
+        "sluice_draining",
+    ] {
+        metrics::gauge!(name).increment(0.0);
+    }
+    for kind in ["ingest", "subscribe"] {
+        metrics::gauge!("sluice_websocket_connections", "kind" => kind).increment(0.0);
+    }
+}
 
 /// The recorder, installed once per process; later calls share it.
 pub fn handle() -> PrometheusHandle {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::gateway::{
-    event_of, memory, read_partition, test_config, wait_for_metric, TestGateway,
+    declare, event_of, memory, read_partition, test_config, wait_for_metric, TestGateway,
 };
 use serde_json::Value;
 use sluice::faults::{Fault, FaultyStore};
@@ -432,7 +432,7 @@ async fn health_ready_and_metrics() {
         "free text became a label value"
     );
     assert!(
-        text.contains(r#"sluice_events_total{tenant="_other",stream="_other",outcome="invalid"}"#),
+        text.contains(r#"sluice_events_total{tenant="default",stream="_other",outcome="invalid"}"#),
         "{text}"
     );
     for name in [
@@ -489,6 +489,7 @@ async fn size_triggers_flush_before_max_age() {
     config.batch.max_age_ms = 3_600_000; // an hour: only size can flush in time
     config.batch.max_events = 4;
     config.batch.max_bytes = 2_000;
+    declare(&mut config, "sized");
     let gw = TestGateway::start(config, store.clone()).await;
     let client = reqwest::Client::new();
     let url = gw.url("/v1/streams/sized/events");

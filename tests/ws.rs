@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::gateway::{
-    event_of, memory, one_partition, read_partition, wait_for_metric, TestGateway,
+    declare, event_of, memory, one_partition, read_partition, wait_for_metric, TestGateway,
 };
 use common::{Backend, Place};
 use futures::{SinkExt, StreamExt};
@@ -280,6 +280,7 @@ async fn latest_starts_at_the_head_when_answered() {
 async fn drain_acks_frames_then_closes_with_1001() {
     let mut config = one_partition();
     config.batch.max_age_ms = 3_600_000; // only the shutdown flush commits
+    declare(&mut config, "drain");
     let gw = TestGateway::start(config, memory()).await;
     let mut sub = connect(&gw, "/v1/streams/drain/subscribe").await;
     let mut ws = connect(&gw, "/v1/streams/drain/ws").await;

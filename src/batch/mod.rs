@@ -155,6 +155,20 @@ impl Drop for Slot {
 }
 
 /// Bytes a submission holds in memory: event bytes plus envelope overhead.
+/// The `(tenant, stream)` labels of a destination's metrics. Tenants are
+/// configured; a stream that is not declared (auto-created on first write)
+/// folds into `_other`, so a client's free text never becomes a label value.
+fn labels(dest: Dest<'_>) -> (String, String) {
+    let stream = match dest.settings.declared {
+        true => dest.stream,
+        false => OTHER,
+    };
+    (dest.tenant.to_string(), stream.to_string())
+}
+
+/// The stream label of streams that are not declared.
+pub const OTHER: &str = "_other";
+
 fn footprint(events: &[Bytes]) -> usize {
     events.iter().map(|e| e.len() + 48).sum()
 }
@@ -221,20 +235,14 @@ impl Batcher {
         })
     }
 
-    /// Count invalid events; streams this gateway does not serve fold into
-    /// `_other`, so arbitrary names never become label values.
-    pub fn count(&self, tenant: &str, stream: &str, outcome: &'static str, n: usize) {
-        let known = self
-            .streams
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .is_some_and(|m| m.get(tenant, stream).is_some());
-        let (tenant, label) = match known {
-            true => (tenant.to_string(), stream.to_string()),
-            false => ("_other".to_string(), "_other".to_string()),
-        };
-        metrics::counter!("sluice_events_total", "tenant" => tenant, "stream" => label, "outcome" => outcome)
+    /// Count events that were not accepted (`outcome`), under the stream's
+    /// metric label.
+    pub fn count(&self, dest: Dest<'_>, outcome: &'static str, n: usize) {
+        if n == 0 {
+            return;
+        }
+        let (tenant, stream) = labels(dest);
+        metrics::counter!("sluice_events_total", "tenant" => tenant, "stream" => stream, "outcome" => outcome)
             .increment(n as u64);
     }
 
@@ -267,7 +275,9 @@ impl Batcher {
 
     fn start_stream(&self, dest: Dest<'_>) -> StreamEntry {
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
+        let (tenant, label) = labels(dest);
         let task = stream::StreamTask {
+            metrics: stream::StreamMetrics::new(&tenant, &label),
             tenant: dest.tenant.to_string(),
             name: dest.stream.to_string(),
             path: self.log.stream(dest.tenant, dest.stream),
@@ -284,7 +294,6 @@ impl Batcher {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(handle);
-        let (tenant, label) = (dest.tenant.to_string(), dest.stream.to_string());
         StreamEntry {
             tx,
             accepted: metrics::counter!("sluice_events_total", "tenant" => tenant.clone(), "stream" => label.clone(), "outcome" => "accepted"),

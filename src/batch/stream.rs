@@ -38,6 +38,7 @@ struct Pending {
 }
 
 pub(super) struct StreamTask {
+    pub metrics: StreamMetrics,
     pub tenant: String,
     pub name: String,
     pub path: StreamPath,
@@ -147,6 +148,7 @@ struct Committer {
     config: BatchConfig,
     budget: Arc<Budget>,
     chooser: PartitionChooser,
+    metrics: StreamMetrics,
 }
 
 impl From<&StreamTask> for Committer {
@@ -160,6 +162,7 @@ impl From<&StreamTask> for Committer {
             config: t.config.clone(),
             budget: t.budget.clone(),
             chooser: t.chooser.clone(),
+            metrics: t.metrics.clone(),
         }
     }
 }
@@ -215,7 +218,8 @@ impl Committer {
         }
         self.record_metrics(&segment, appended.conflicts, started);
         for w in p.waiters {
-            metrics::histogram!("sluice_ack_latency_seconds")
+            self.metrics
+                .ack_latency
                 .record(w.received.elapsed().as_secs_f64());
             let _ = w.ack.send(Ok(Ack {
                 partition: appended.partition,
@@ -225,14 +229,37 @@ impl Committer {
     }
 
     fn record_metrics(&self, segment: &Segment, conflicts: u32, started: StdInstant) {
-        let (tenant, stream) = (self.tenant.clone(), self.name.clone());
-        metrics::counter!("sluice_segments_committed_total", "tenant" => tenant.clone(), "stream" => stream.clone())
-            .increment(1);
-        metrics::counter!("sluice_commit_conflicts_total", "tenant" => tenant, "stream" => stream)
-            .increment(u64::from(conflicts));
-        metrics::histogram!("sluice_flush_duration_seconds")
-            .record(started.elapsed().as_secs_f64());
-        metrics::histogram!("sluice_segment_bytes").record(segment.data.len() as f64);
+        let m = &self.metrics;
+        m.committed.increment(1);
+        m.conflicts.increment(u64::from(conflicts));
+        m.flush.record(started.elapsed().as_secs_f64());
+        m.segment_bytes.record(segment.data.len() as f64);
+    }
+}
+
+/// A stream's commit-side metrics, registered once (under its labels).
+#[derive(Clone)]
+pub(super) struct StreamMetrics {
+    committed: metrics::Counter,
+    conflicts: metrics::Counter,
+    ack_latency: metrics::Histogram,
+    flush: metrics::Histogram,
+    segment_bytes: metrics::Histogram,
+}
+
+impl StreamMetrics {
+    pub fn new(tenant: &str, stream: &str) -> StreamMetrics {
+        let labels = [
+            ("tenant", tenant.to_string()),
+            ("stream", stream.to_string()),
+        ];
+        StreamMetrics {
+            committed: metrics::counter!("sluice_segments_committed_total", &labels),
+            conflicts: metrics::counter!("sluice_commit_conflicts_total", &labels),
+            ack_latency: metrics::histogram!("sluice_ack_latency_seconds"),
+            flush: metrics::histogram!("sluice_flush_duration_seconds"),
+            segment_bytes: metrics::histogram!("sluice_segment_bytes"),
+        }
     }
 }
 

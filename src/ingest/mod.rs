@@ -21,7 +21,7 @@ use serde::Serialize;
 
 use crate::auth::Grant;
 use crate::batch::{Ack, Dest};
-use crate::decode::{self, Decoded, Encoding, Format};
+use crate::decode::{self, Decoded, Encoding, EventFault, Format};
 use crate::error::{EventError, Problem, ProblemType};
 use crate::limit::RateState;
 use crate::log::segment::ReceivedAt;
@@ -125,7 +125,7 @@ pub async fn ingest_bytes(
     let (accepted, rejected) = (decoded.events.len(), decoded.rejected.len());
     let dest = target.dest();
     let limiters = target.grant.limiters(settings);
-    let count = |outcome, n| app.batcher.count(dest.tenant, dest.stream, outcome, n);
+    let count = |outcome, n| app.batcher.count(target.dest(), outcome, n);
     let rate = crate::limit::check(&limiters, accepted + rejected, raw.len())
         .inspect_err(|_| count("rate_limited", accepted + rejected))?;
     let (errors, omitted) = report(&decoded, limits.max_reported_errors);
@@ -140,8 +140,14 @@ pub async fn ingest_bytes(
         false => Vec::new(),
     };
     let dead_lettered = letters.len();
-    if rejected > dead_lettered {
-        count("invalid", rejected - dead_lettered);
+    if dead_lettered == 0 {
+        let too_large = decoded
+            .rejected
+            .iter()
+            .filter(|r| r.fault == EventFault::TooLarge);
+        let too_large = too_large.count();
+        count("too_large", too_large);
+        count("invalid", rejected - too_large);
     }
     let deadline = tokio::time::Instant::now() + app.config.batch.ack_timeout();
     // Room on both streams first: a request is queued whole or not at all.

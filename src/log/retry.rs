@@ -52,8 +52,11 @@ where
 {
     let deadline = Instant::now() + policy.deadline;
     let mut backoff = policy.initial;
+    let requests = metrics::counter!("sluice_store_requests_total", "op" => op_name);
+    // Registered before any failure, so the series exists (at 0) to alert on.
+    let errors = metrics::counter!("sluice_store_errors_total", "op" => op_name);
     loop {
-        metrics::counter!("sluice_store_requests_total", "op" => op_name).increment(1);
+        requests.increment(1);
         let remaining = deadline.saturating_duration_since(Instant::now());
         let attempt = tokio::time::timeout(remaining.max(Duration::from_millis(1)), op()).await;
         let err = match attempt {
@@ -65,7 +68,7 @@ where
                 source: format!("{op_name} timed out").into(),
             },
         };
-        metrics::counter!("sluice_store_errors_total", "op" => op_name).increment(1);
+        errors.increment(1);
         tracing::warn!(op = op_name, error = %err, "store call failed");
         if Instant::now() + backoff >= deadline {
             return Err(err);

@@ -60,7 +60,8 @@ pub struct App {
     /// connection count when they upgrade: `server.max_connections`, and the
     /// drain waits for them.
     pub sockets: Arc<Semaphore>,
-    pub metrics: PrometheusHandle,
+    /// The exposition; `None` when `metrics = false` (nothing is recorded).
+    pub metrics: Option<PrometheusHandle>,
     draining: AtomicBool,
     closing: watch::Sender<bool>,
 }
@@ -156,6 +157,11 @@ impl Gateway {
             Batcher::new(log.clone(), &config.batch, config.streams.clone()).on_commit(Arc::new(
                 move |tenant: &str, stream: &str, partition| wake.wake(tenant, stream, partition),
             ));
+        let metrics = config.metrics.then(|| {
+            let handle = crate::metrics::handle();
+            crate::metrics::register();
+            handle
+        });
         let app = Arc::new(App {
             subscribers: Arc::new(Semaphore::new(config.read.max_subscribers)),
             sockets: Arc::new(Semaphore::new(config.server.max_connections)),
@@ -164,7 +170,7 @@ impl Gateway {
             log,
             batcher,
             readers,
-            metrics: crate::metrics::handle(),
+            metrics,
             draining: AtomicBool::new(false),
             closing: watch::channel(false).0,
         });

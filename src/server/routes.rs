@@ -183,7 +183,11 @@ async fn readyz(app: &Arc<App>) -> Response<Body> {
 }
 
 pub(super) fn metrics(app: &Arc<App>) -> Response<Body> {
-    let mut resp = Response::new(crate::body::full(Bytes::from(app.metrics.render())));
+    let Some(handle) = &app.metrics else {
+        let detail = "metrics are off on this gateway (metrics = false)";
+        return Problem::new(ProblemType::NotFound, detail).response();
+    };
+    let mut resp = Response::new(crate::body::full(Bytes::from(handle.render())));
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         header::HeaderValue::from_static("text/plain; version=0.0.4"),

@@ -77,6 +77,19 @@ pub fn test_config() -> Config {
     c
 }
 
+/// Declare `stream` (global defaults) for the default tenant: its metrics
+/// carry its name; an undeclared stream's fold into `_other`.
+#[allow(dead_code)]
+pub fn declare(config: &mut Config, stream: &str) {
+    let tenant = config.tenant.clone();
+    config
+        .tenants
+        .entry(tenant)
+        .or_default()
+        .streams
+        .insert(stream.to_string(), Default::default());
+}
+
 /// A fresh in-memory store.
 pub fn memory() -> Store {
     Store::from_parts(
