@@ -525,9 +525,12 @@ impl Config {
             ),
             (
                 "metrics_listen",
-                self.metrics_listen
-                    .as_ref()
-                    .is_none_or(|a| a.parse::<std::net::SocketAddr>().is_ok() && *a != self.listen),
+                self.metrics_listen.as_ref().is_none_or(|a| {
+                    let port_0 = a
+                        .parse::<std::net::SocketAddr>()
+                        .is_ok_and(|a| a.port() == 0);
+                    a.parse::<std::net::SocketAddr>().is_ok() && (*a != self.listen || port_0)
+                }),
                 "must be HOST:PORT with an IP address, other than listen",
             ),
             (

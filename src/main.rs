@@ -570,8 +570,11 @@ async fn serve(file: Option<PathBuf>) -> anyhow::Result<()> {
     if !gateway.app.access.enabled() {
         tracing::warn!("AUTH IS OFF: anyone who can reach {addr} can read and write every stream; declare [[keys]] (sluice keygen) to turn it on");
     }
-    // Scripts and the load harness wait for this line.
+    // Scripts and the load harness wait for these lines.
     println!("listening on {addr}");
+    if let Some(metrics) = gateway.metrics_addr() {
+        println!("metrics on {metrics}");
+    }
     gateway.run(shutdown_signal()).await;
     Ok(())
 }

@@ -79,7 +79,6 @@ pub fn test_config() -> Config {
 
 /// Declare `stream` (global defaults) for the default tenant: its metrics
 /// carry its name; an undeclared stream's fold into `_other`.
-#[allow(dead_code)]
 pub fn declare(config: &mut Config, stream: &str) {
     let tenant = config.tenant.clone();
     config
@@ -130,16 +129,11 @@ pub type RequestCounts = BTreeMap<(String, String), u64>;
 /// The `sluice_http_requests_total` counters in a `/metrics` text. They are
 /// process-wide: compare two readings rather than reading one.
 pub fn request_counts(metrics: &str) -> RequestCounts {
-    let label = |line: &str, name: &str| {
-        let start = line.find(&format!("{name}=\""))? + name.len() + 2;
-        Some(line[start..].split('"').next()?.to_string())
-    };
-    metrics
-        .lines()
-        .filter(|l| l.starts_with("sluice_http_requests_total{"))
-        .filter_map(|l| {
-            let count = l.rsplit(' ').next()?.parse::<f64>().ok()? as u64;
-            Some(((label(l, "route")?, label(l, "status")?), count))
+    let text = super::exposition::Exposition::parse(metrics);
+    text.series("sluice_http_requests_total")
+        .map(|s| {
+            let label = |k: &str| s.labels.get(k).cloned().unwrap_or_default();
+            ((label("route"), label("status")), s.value as u64)
         })
         .collect()
 }

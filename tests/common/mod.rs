@@ -15,6 +15,7 @@ use sluice::store::{Store, StoreKind};
 
 pub mod chromium;
 pub mod duckdb;
+pub mod exposition;
 pub mod gateway;
 
 /// A moto S3 server for this test binary; it stops when the binary exits
