@@ -169,3 +169,53 @@ fn json_logs_carry_the_request_id_of_each_error() {
     assert_eq!(error["fields"]["status"], 400, "{error}");
     assert_eq!(error["level"], "INFO", "{error}");
 }
+
+/// `SLUICE_METRICS=false`: `/metrics` is a 404 that says why, and a metrics
+/// listener with nothing to serve is a startup error.
+#[test]
+fn metrics_off_answers_404_and_refuses_a_metrics_listener() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let data = tempfile::tempdir().unwrap();
+    let store = format!("file://{}", data.path().display());
+    let (ok, err) = serve_with(&[
+        ("SLUICE_METRICS", "false"),
+        ("SLUICE_METRICS_LISTEN", "127.0.0.1:0"),
+        ("SLUICE_STORE", &store),
+    ]);
+    assert!(!ok);
+    assert!(err.contains("metrics_listen"), "{err}");
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("serve")
+        .env("SLUICE_LISTEN", "127.0.0.1:0")
+        .env("SLUICE_STORE", &store)
+        .env("SLUICE_METRICS", "false")
+        .env_remove("SLUICE_CONFIG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap()
+        .to_string();
+    let mut conn = std::net::TcpStream::connect(&addr).unwrap();
+    write!(
+        conn,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+    assert!(answer.contains("urn:sluice:problem:not-found"), "{answer}");
+    assert!(answer.contains("metrics = false"), "{answer}");
+}
