@@ -7,9 +7,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::gateway::{event_of, memory, test_config, TestGateway};
+use common::gateway::{config_from, event_of, memory, test_config, TestGateway};
+use common::keys::{entry, secret};
 use serde_json::{json, Value};
-use sluice::auth::keys::{generate, hash_text};
+use sluice::auth::keys::hash_text;
 use sluice::config::Config;
 use sluice::log::retry::RetryPolicy;
 use sluice::log::Log;
@@ -29,21 +30,38 @@ struct Keys {
 
 impl Keys {
     fn new() -> Keys {
-        let k = || generate().unwrap();
         Keys {
-            writer: k(),
-            reader: k(),
-            browser: k(),
-            ops: k(),
-            beta: k(),
+            writer: secret(),
+            reader: secret(),
+            browser: secret(),
+            ops: secret(),
+            beta: secret(),
         }
     }
 
     /// Tenant acme declares three streams and creates no others; tenant beta
     /// auto-creates.
     fn config(&self, extra: &str) -> Config {
-        let text = format!(
-            r#"
+        let keys = [
+            entry(
+                "writer",
+                "acme",
+                &self.writer,
+                &["write"],
+                r#"streams = ["clicks", "app.*"]"#,
+            ),
+            entry("reader", "acme", &self.reader, &["read"], ""),
+            entry(
+                "browser",
+                "acme",
+                &self.browser,
+                &["write"],
+                &format!("origins = [\"{ALLOWED}\"]"),
+            ),
+            entry("ops", "acme", &self.ops, &["metrics"], ""),
+            entry("beta", "beta", &self.beta, &["write", "read"], ""),
+        ];
+        let streams = r#"
 [tenants.acme]
 auto_create = false
 [tenants.acme.streams.clicks]
@@ -51,51 +69,8 @@ partitions = 2
 [tenants.acme.streams."app.views"]
 [tenants.acme.streams.secret]
 [tenants.beta]
-
-[[keys]]
-id = "writer"
-tenant = "acme"
-hash = "{}"
-scopes = ["write"]
-streams = ["clicks", "app.*"]
-
-[[keys]]
-id = "reader"
-tenant = "acme"
-hash = "{}"
-scopes = ["read"]
-
-[[keys]]
-id = "browser"
-tenant = "acme"
-hash = "{}"
-scopes = ["write"]
-origins = ["{ALLOWED}"]
-
-[[keys]]
-id = "ops"
-tenant = "acme"
-hash = "{}"
-scopes = ["metrics"]
-
-[[keys]]
-id = "beta"
-tenant = "beta"
-hash = "{}"
-scopes = ["write", "read"]
-{extra}
-"#,
-            hash_text(&self.writer),
-            hash_text(&self.reader),
-            hash_text(&self.browser),
-            hash_text(&self.ops),
-            hash_text(&self.beta),
-        );
-        let mut config: Config = toml::from_str(&text).unwrap();
-        let base = test_config();
-        (config.listen, config.batch) = (base.listen, base.batch);
-        config.validate().unwrap();
-        config
+"#;
+        config_from(&format!("{streams}\n{}\n{extra}", keys.concat()))
     }
 }
 
@@ -195,7 +170,7 @@ async fn every_route_answers_each_key_as_documented() {
         keys.browser.as_str(),
         keys.ops.as_str(),
     );
-    let unknown = generate().unwrap();
+    let unknown = secret();
     let case = |route, stream, via, origin, status| Case {
         route,
         stream,
@@ -527,18 +502,9 @@ async fn tenants_with_the_same_stream_names_never_see_each_other() {
 #[tokio::test]
 async fn over_the_limit_the_whole_request_is_refused_then_recovers() {
     let keys = Keys::new();
-    let limited = generate().unwrap();
-    let extra = format!(
-        r#"
-[[keys]]
-id = "limited"
-tenant = "beta"
-hash = "{}"
-scopes = ["write"]
-rate = {{ events_per_sec = 2, events_burst = 3 }}
-"#,
-        hash_text(&limited)
-    );
+    let limited = secret();
+    let rate = "rate = { events_per_sec = 2, events_burst = 3 }";
+    let extra = entry("limited", "beta", &limited, &["write"], rate);
     let store = memory();
     let gw = TestGateway::start(keys.config(&extra), store.clone()).await;
     let client = reqwest::Client::new();
@@ -721,11 +687,9 @@ async fn a_websocket_frame_over_the_limit_gets_a_429_answer_and_the_socket_stays
     use futures::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
     let keys = Keys::new();
-    let limited = generate().unwrap();
-    let extra = format!(
-        "[[keys]]\nid = \"limited\"\ntenant = \"beta\"\nhash = \"{}\"\nscopes = [\"write\"]\nrate = {{ events_per_sec = 1, events_burst = 3 }}\n",
-        hash_text(&limited)
-    );
+    let limited = secret();
+    let rate = "rate = { events_per_sec = 1, events_burst = 3 }";
+    let extra = entry("limited", "beta", &limited, &["write"], rate);
     let store = memory();
     let gw = TestGateway::start(keys.config(&extra), store.clone()).await;
     let url = format!("ws://{}/v1/streams/frames/ws", gw.addr);

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path as FsPath;
 use std::sync::Arc;
 
-use common::gateway::{test_config, TestGateway};
+use common::gateway::{config_from, TestGateway};
 use common::{Backend, Place};
 use futures::TryStreamExt;
 use object_store::ObjectStoreExt;
@@ -33,9 +33,7 @@ fn config() -> Config {
     let text = format!(
         "[streams]\npartitions = 2\n[tenants.default.streams.orders]\nschema = '''{SCHEMA}'''\n"
     );
-    let mut config: Config = toml::from_str(&text).unwrap();
-    let base = test_config();
-    (config.listen, config.batch) = (base.listen, base.batch);
+    let mut config = config_from(&text);
     // Compaction's store calls get the default deadline, not the test
     // gateway's 300 ms: a busy CI box's fsync can take longer.
     config.batch.store_retry_ms = 10_000;

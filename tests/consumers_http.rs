@@ -4,9 +4,9 @@
 
 mod common;
 
-use common::gateway::{test_config, TestGateway};
+use common::gateway::{config_from, test_config, TestGateway};
+use common::keys::{entry, secret};
 use serde_json::{json, Value};
-use sluice::auth::keys::{generate, hash_text};
 use sluice::config::Config;
 use sluice::consume::{consume, ConsumeOptions, Format, Output};
 use sluice::store::Store;
@@ -21,50 +21,21 @@ struct Keys {
 
 impl Keys {
     fn new() -> Keys {
-        let k = || generate().unwrap();
         Keys {
-            writer: k(),
-            reader: k(),
-            beta: k(),
+            writer: secret(),
+            reader: secret(),
+            beta: secret(),
         }
     }
 
     fn config(&self) -> Config {
-        let text = format!(
-            r#"
-[tenants.acme]
-auto_create = false
-[tenants.acme.streams.clicks]
-partitions = 2
-[tenants.beta]
-
-[[keys]]
-id = "writer"
-tenant = "acme"
-hash = "{}"
-scopes = ["write"]
-
-[[keys]]
-id = "reader"
-tenant = "acme"
-hash = "{}"
-scopes = ["read"]
-
-[[keys]]
-id = "beta"
-tenant = "beta"
-hash = "{}"
-scopes = ["write", "read"]
-"#,
-            hash_text(&self.writer),
-            hash_text(&self.reader),
-            hash_text(&self.beta),
-        );
-        let mut config: Config = toml::from_str(&text).unwrap();
-        let base = test_config();
-        (config.listen, config.batch) = (base.listen, base.batch);
-        config.validate().unwrap();
-        config
+        let streams = "[tenants.acme]\nauto_create = false\n[tenants.acme.streams.clicks]\npartitions = 2\n[tenants.beta]\n";
+        let keys = [
+            entry("writer", "acme", &self.writer, &["write"], ""),
+            entry("reader", "acme", &self.reader, &["read"], ""),
+            entry("beta", "beta", &self.beta, &["write", "read"], ""),
+        ];
+        config_from(&format!("{streams}{}", keys.concat()))
     }
 }
 
@@ -455,11 +426,7 @@ consumer_lag_interval_ms = 100
 partitions = 2
 consumer_groups = ["billing"]
 "#;
-    let mut config: Config = toml::from_str(text).unwrap();
-    let base = test_config();
-    (config.listen, config.batch) = (base.listen, base.batch);
-    config.validate().unwrap();
-    let gw = TestGateway::start(config, common::gateway::memory()).await;
+    let gw = TestGateway::start(config_from(text), common::gateway::memory()).await;
     let client = reqwest::Client::new();
     wait_for_lag(&gw, "lagged", "billing", 0).await;
     let resp = client

@@ -8,8 +8,7 @@ mod common;
 use std::collections::BTreeSet;
 
 use common::exposition::Exposition;
-use common::gateway::{memory, scrape, test_config, TestGateway};
-use sluice::config::Config;
+use common::gateway::{config_from, memory, scrape, TestGateway};
 
 const CONFIG: &str = r#"
 [limits]
@@ -124,10 +123,7 @@ async fn scrape_with_sockets(gw: &TestGateway) -> (String, Exposition) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_design_metric_is_exported_with_bounded_labels() {
-    let mut config: Config = toml::from_str(CONFIG).unwrap();
-    (config.listen, config.batch) = (test_config().listen, test_config().batch);
-    config.validate().unwrap();
-    let gw = TestGateway::start(config, memory()).await;
+    let gw = TestGateway::start(config_from(CONFIG), memory()).await;
     let free = free_text();
     traffic(&gw, &free).await;
     let ws = |path: &str| format!("ws://{}/v1/streams/orders/{path}", gw.addr);

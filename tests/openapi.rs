@@ -17,10 +17,10 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 
-use common::gateway::{memory, test_config, TestGateway};
+use common::gateway::{config_from, memory, test_config, TestGateway};
+use common::keys::{entry, secret};
 use futures::StreamExt;
 use http::HeaderMap;
-use sluice::auth::keys::{generate, hash_text};
 use sluice::config::Config;
 use sluice::error::{ProblemType, TYPE_PREFIX};
 use sluice::gc::{Gc, Scope};
@@ -45,20 +45,18 @@ struct Keys {
 
 impl Keys {
     fn new() -> Keys {
-        let k = || generate().unwrap();
         Keys {
-            writer: k(),
-            reader: k(),
-            ops: k(),
-            browser: k(),
+            writer: secret(),
+            reader: secret(),
+            ops: secret(),
+            browser: secret(),
         }
     }
 
     /// Tenant acme: only declared streams; `orders` dead-letters what its
     /// schema refuses; `limited` takes 1 byte/s with a burst of 64.
     fn config(&self) -> Config {
-        let text = format!(
-            r#"
+        let streams = r#"
 [limits]
 max_body_bytes = 65536
 [server]
@@ -70,43 +68,18 @@ partitions = 2
 [tenants.acme.streams.orders]
 partitions = 1
 dead_letter = true
-schema = '''{{"type":"object","required":["user"]}}'''
+schema = '''{"type":"object","required":["user"]}'''
 [tenants.acme.streams.limited]
-rate = {{ bytes_per_sec = 1, bytes_burst = 64 }}
-
-[[keys]]
-id = "writer"
-tenant = "acme"
-hash = "{}"
-scopes = ["write"]
-[[keys]]
-id = "reader"
-tenant = "acme"
-hash = "{}"
-scopes = ["read"]
-[[keys]]
-id = "ops"
-tenant = "acme"
-hash = "{}"
-scopes = ["metrics"]
-[[keys]]
-id = "browser"
-tenant = "acme"
-hash = "{}"
-scopes = ["write"]
-streams = ["clicks"]
-origins = ["{ALLOWED}"]
-"#,
-            hash_text(&self.writer),
-            hash_text(&self.reader),
-            hash_text(&self.ops),
-            hash_text(&self.browser),
-        );
-        let mut config: Config = toml::from_str(&text).unwrap();
-        let base = test_config();
-        (config.listen, config.batch) = (base.listen, base.batch);
-        config.validate().unwrap();
-        config
+rate = { bytes_per_sec = 1, bytes_burst = 64 }
+"#;
+        let browser = format!("streams = [\"clicks\"]\norigins = [\"{ALLOWED}\"]");
+        let keys = [
+            entry("writer", "acme", &self.writer, &["write"], ""),
+            entry("reader", "acme", &self.reader, &["read"], ""),
+            entry("ops", "acme", &self.ops, &["metrics"], ""),
+            entry("browser", "acme", &self.browser, &["write"], &browser),
+        ];
+        config_from(&format!("{streams}{}", keys.concat()))
     }
 }
 

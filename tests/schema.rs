@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::gateway::{event_of, memory, read_partition, test_config, TestGateway};
+use common::gateway::{config_from, event_of, memory, read_partition, TestGateway};
 use serde_json::{json, Value};
 use sluice::config::Config;
 use sluice::store::Store;
@@ -31,11 +31,7 @@ fn config(schema: &str, extra: &str) -> Config {
         "[tenants.default.streams.orders]\npartitions = 1\nschema = '''{schema}'''\n\
          [tenants.default.streams.audited]\npartitions = 1\ndead_letter = true\nschema = '''{schema}'''\n{extra}"
     );
-    let mut config: Config = toml::from_str(&text).unwrap();
-    let base = test_config();
-    (config.listen, config.batch) = (base.listen, base.batch);
-    config.validate().unwrap();
-    config
+    config_from(&text)
 }
 
 async fn post(gw: &TestGateway, stream: &str, body: String) -> (u16, Value) {

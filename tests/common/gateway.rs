@@ -89,6 +89,16 @@ pub fn declare(config: &mut Config, stream: &str) {
         .insert(stream.to_string(), Default::default());
 }
 
+/// The config in TOML `text`, on `test_config`'s listener and batch
+/// settings, validated.
+pub fn config_from(text: &str) -> Config {
+    let mut config: Config = toml::from_str(text).unwrap();
+    let base = test_config();
+    (config.listen, config.batch) = (base.listen, base.batch);
+    config.validate().unwrap();
+    config
+}
+
 /// A fresh in-memory store.
 pub fn memory() -> Store {
     Store::from_parts(

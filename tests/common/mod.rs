@@ -17,6 +17,7 @@ pub mod chromium;
 pub mod duckdb;
 pub mod exposition;
 pub mod gateway;
+pub mod keys;
 
 /// A moto S3 server for this test binary; it stops when the binary exits
 /// (its wrapper shell waits on our stdin pipe, then kills moto).
