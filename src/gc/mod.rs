@@ -171,14 +171,25 @@ impl Gc {
 
     /// The streams a tenant has in the bucket (one listing).
     async fn streams_of(&self, tenant: &str) -> Result<Vec<String>, GcError> {
-        let store = self.log.store();
-        let prefix = store.root.clone().join(tenant);
-        let prefixes = match store.inner.list_with_delimiter(Some(&prefix)).await {
+        let prefix = self.log.store().root.clone().join(tenant);
+        self.dirs(&prefix, "list_streams").await
+    }
+
+    /// Names of the "directories" directly under `prefix`, sorted (one
+    /// listing; `op` names it in errors).
+    async fn dirs(&self, prefix: &Path, op: &'static str) -> Result<Vec<String>, GcError> {
+        let listed = self
+            .log
+            .store()
+            .inner
+            .list_with_delimiter(Some(prefix))
+            .await;
+        let prefixes = match listed {
             Ok(l) => l.common_prefixes,
             Err(object_store::Error::NotFound { .. }) => Vec::new(),
             Err(source) => {
                 return Err(GcError::Store {
-                    op: "list_streams",
+                    op,
                     key: prefix.to_string(),
                     source,
                 })

@@ -148,7 +148,7 @@ async fn hours(
 ) -> Result<Vec<DateTime<Utc>>, GcError> {
     let mut found = Vec::new();
     let data = path.segment("data");
-    for day_dir in dirs(gc, &data).await? {
+    for day_dir in gc.dirs(&data, "list_hours").await? {
         let Some(day) = day_dir
             .strip_prefix("dt=")
             .and_then(|d| d.parse::<NaiveDate>().ok())
@@ -158,7 +158,10 @@ async fn hours(
         if after.is_some_and(|a| day.and_hms_opt(23, 0, 0).is_some_and(|e| e.and_utc() < a)) {
             continue;
         }
-        for hour_dir in dirs(gc, &data.clone().join(day_dir.as_str())).await? {
+        for hour_dir in gc
+            .dirs(&data.clone().join(day_dir.as_str()), "list_hours")
+            .await?
+        {
             let hour = hour_dir
                 .strip_prefix("hr=")
                 .and_then(|h| h.parse::<u32>().ok())
@@ -171,33 +174,6 @@ async fn hours(
     }
     found.sort();
     Ok(found)
-}
-
-/// Names of the "directories" directly under `prefix`, sorted.
-async fn dirs(gc: &Gc, prefix: &Path) -> Result<Vec<String>, GcError> {
-    let listed = gc
-        .log()
-        .store()
-        .inner
-        .list_with_delimiter(Some(prefix))
-        .await;
-    let prefixes = match listed {
-        Ok(l) => l.common_prefixes,
-        Err(object_store::Error::NotFound { .. }) => Vec::new(),
-        Err(source) => {
-            return Err(GcError::Store {
-                op: "list_hours",
-                key: prefix.to_string(),
-                source,
-            })
-        }
-    };
-    let mut names: Vec<String> = prefixes
-        .iter()
-        .filter_map(|p| p.filename().map(str::to_string))
-        .collect();
-    names.sort();
-    Ok(names)
 }
 
 /// `data/dt=YYYY-MM-DD/hr=HH` of the hour starting at `hour`.

@@ -13,7 +13,6 @@
 use chrono::{DateTime, Utc};
 use futures::future::try_join_all;
 
-use super::head::WATERMARK_ROUNDS;
 use super::record::{CommitRecord, StreamPath};
 use super::retry::get_with_meta;
 use super::{Log, LogError};
@@ -68,30 +67,11 @@ impl Log {
         concurrency: usize,
         keep: impl Fn(&CommitRecord) -> bool,
     ) -> Result<Vec<Committed>, LogError> {
-        let mut mark = self.watermark(stream, partition).await?;
-        for _ in 0..WATERMARK_ROUNDS {
-            let between = Between { from, to };
-            let scanned = self
-                .scan_committed(
-                    stream,
-                    partition,
-                    mark.first_seq,
-                    between,
-                    concurrency,
-                    &keep,
-                )
-                .await?;
-            let fresh = self.refresh_watermark(stream, partition).await?;
-            if fresh.first_seq != mark.first_seq {
-                mark = fresh;
-                continue;
-            }
-            return scanned.map_err(|seq| LogError::Corrupt {
-                key: stream.record(partition, seq).to_string(),
-                reason: "a seq between the watermark and the head is missing".into(),
-            });
-        }
-        Err(self.watermark_moving(stream, partition))
+        let between = Between { from, to };
+        self.steady_scan(stream, partition, |first| {
+            self.scan_committed(stream, partition, first, between, concurrency, &keep)
+        })
+        .await
     }
 
     /// One scan from `start`; `Err(seq)` when record `seq` was missing.

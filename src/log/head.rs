@@ -136,6 +136,35 @@ impl Log {
         Err(self.watermark_moving(stream, partition))
     }
 
+    /// Run `scan` from the watermark's `first_seq` until the watermark holds
+    /// still across one scan (garbage collection may have deleted what a
+    /// scan read). `Err(seq)` from a scan under a steady watermark means
+    /// record `seq` is missing between the watermark and the head.
+    pub(super) async fn steady_scan<T, Fut>(
+        &self,
+        stream: &StreamPath,
+        partition: u32,
+        mut scan: impl FnMut(u64) -> Fut,
+    ) -> Result<T, LogError>
+    where
+        Fut: std::future::Future<Output = Result<Result<T, u64>, LogError>>,
+    {
+        let mut mark = self.watermark(stream, partition).await?;
+        for _ in 0..WATERMARK_ROUNDS {
+            let scanned = scan(mark.first_seq).await?;
+            let fresh = self.refresh_watermark(stream, partition).await?;
+            if fresh.first_seq != mark.first_seq {
+                mark = fresh;
+                continue;
+            }
+            return scanned.map_err(|seq| LogError::Corrupt {
+                key: stream.record(partition, seq).to_string(),
+                reason: "a seq between the watermark and the head is missing".into(),
+            });
+        }
+        Err(self.watermark_moving(stream, partition))
+    }
+
     /// The error when the watermark kept moving for [`WATERMARK_ROUNDS`].
     pub(super) fn watermark_moving(&self, stream: &StreamPath, partition: u32) -> LogError {
         LogError::Corrupt {

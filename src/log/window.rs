@@ -20,7 +20,6 @@
 
 use chrono::DateTime;
 
-use super::head::WATERMARK_ROUNDS;
 use super::record::{CommitRecord, StreamPath};
 use super::{Log, LogError};
 
@@ -70,21 +69,10 @@ impl Log {
         after_seq: u64,
         limit: usize,
     ) -> Result<Vec<(u64, CommitRecord)>, LogError> {
-        let mut mark = self.watermark(stream, partition).await?;
-        for _ in 0..WATERMARK_ROUNDS {
-            let start = after_seq.max(mark.first_seq);
-            let scanned = self.scan(stream, partition, window, start, limit).await?;
-            let fresh = self.refresh_watermark(stream, partition).await?;
-            if fresh.first_seq != mark.first_seq {
-                mark = fresh;
-                continue;
-            }
-            return scanned.map_err(|seq| LogError::Corrupt {
-                key: stream.record(partition, seq).to_string(),
-                reason: "a seq between the watermark and the head is missing".into(),
-            });
-        }
-        Err(self.watermark_moving(stream, partition))
+        self.steady_scan(stream, partition, |first| {
+            self.scan(stream, partition, window, after_seq.max(first), limit)
+        })
+        .await
     }
 
     /// One scan from `start`; `Err(seq)` when record `seq` was missing.
