@@ -7,6 +7,7 @@
 
 mod metrics_listener;
 pub mod request_id;
+mod request_metrics;
 mod routes;
 pub mod table;
 pub mod tls;

@@ -59,11 +59,8 @@ pub async fn route(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Bod
         auth::allow_origin(resp.headers_mut(), origin);
     }
     inflight.decrement(1.0);
-    let status = resp.status().as_u16().to_string();
-    metrics::counter!("sluice_http_requests_total", "route" => label, "status" => status)
-        .increment(1);
-    metrics::histogram!("sluice_http_request_duration_seconds", "route" => label)
-        .record(started.elapsed().as_secs_f64());
+    let seconds = started.elapsed().as_secs_f64();
+    super::request_metrics::record(label, resp.status().as_u16(), seconds);
     Ok(resp)
 }
 
