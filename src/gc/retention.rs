@@ -19,6 +19,8 @@ use crate::log::{Raised, Watermark};
 
 /// Records whose segments, then themselves, are deleted per step.
 const DELETE_CHUNK: usize = 256;
+/// Scans one run starts over when other collectors delete under it.
+const RESCANS: u32 = 4;
 
 /// Collect one partition: `cutoff` is now − retention.
 pub(super) async fn collect(
@@ -38,9 +40,7 @@ pub(super) async fn collect(
         ..Default::default()
     };
     finish(gc, path, partition, &mark, &mut report).await?;
-    let head = log.head(path, partition).await.map_err(err)?;
-    let expired =
-        expired_prefix(gc, path, partition, mark.first_seq, head.next_seq, cutoff).await?;
+    let expired = expired_records(gc, path, partition, mark, cutoff).await?;
     let Some((last_seq, last)) = expired.last() else {
         return Ok(report);
     };
@@ -69,9 +69,44 @@ pub(super) async fn collect(
     Ok(report)
 }
 
+/// The expired prefix of the retained log. A record missing under the scan
+/// means another collector raised the watermark and deleted it: scan again
+/// from the new watermark, so this run still reaches its own cutoff (else
+/// it would stop at the other collector's, which may be older).
+async fn expired_records(
+    gc: &Gc,
+    path: &StreamPath,
+    partition: u32,
+    mut mark: Watermark,
+    cutoff: DateTime<Utc>,
+) -> Result<Vec<(u64, CommitRecord)>, GcError> {
+    let err = |source| GcError::Log { partition, source };
+    let mut expired = Vec::new();
+    for _ in 0..RESCANS {
+        let head = gc.log().head(path, partition).await.map_err(err)?;
+        let (found, complete) =
+            expired_prefix(gc, path, partition, mark.first_seq, head.next_seq, cutoff).await?;
+        expired = found;
+        if complete {
+            break;
+        }
+        let fresh = gc
+            .log()
+            .refresh_watermark(path, partition)
+            .await
+            .map_err(err)?;
+        if fresh.first_seq == mark.first_seq {
+            break; // not a collector's deletion: leave the rest for a later run
+        }
+        mark = fresh;
+    }
+    Ok(expired)
+}
+
 /// The records from `start` (at most `gc.max_records_per_run`, never at or
 /// past `head`) whose newest event is older than `cutoff`, up to the first
-/// that is not. Read `gc.concurrency` at a time.
+/// that is not. Read `gc.concurrency` at a time. `false` with them when
+/// the scan stopped at a missing record.
 async fn expired_prefix(
     gc: &Gc,
     path: &StreamPath,
@@ -79,7 +114,7 @@ async fn expired_prefix(
     start: u64,
     head: u64,
     cutoff: DateTime<Utc>,
-) -> Result<Vec<(u64, CommitRecord)>, GcError> {
+) -> Result<(Vec<(u64, CommitRecord)>, bool), GcError> {
     let end = head.min(start.saturating_add(gc.config.max_records_per_run as u64));
     let cutoff = cutoff.timestamp_millis();
     let step = gc.config.concurrency as u64;
@@ -89,10 +124,9 @@ async fn expired_prefix(
         let chunk_end = end.min(seq + step);
         let chunk = read_records(gc, path, partition, seq, chunk_end).await?;
         for (s, record) in (seq..chunk_end).zip(chunk) {
-            // Missing: another collector deleted it, so the watermark is
-            // past it and the raise below finds that out.
+            // Missing: another collector deleted it, so the watermark is past it.
             let Some(record) = record else {
-                return Ok(expired);
+                return Ok((expired, false));
             };
             let newest = millis(&record.max_received_at).ok_or_else(|| GcError::Log {
                 partition,
@@ -102,13 +136,13 @@ async fn expired_prefix(
                 },
             })?;
             if newest >= cutoff {
-                return Ok(expired);
+                return Ok((expired, true));
             }
             expired.push((s, record));
         }
         seq = chunk_end;
     }
-    Ok(expired)
+    Ok((expired, true))
 }
 
 async fn read_records(
