@@ -1,0 +1,431 @@
+//! Store-fault campaign: durable and async traffic at an in-process gateway
+//! while a seeded random schedule of store faults strikes its segment PUTs
+//! and commit-record PUTs, then a check of every answer against the log.
+//!
+//! Each round injects one fault (S3 500 `InternalError`, 503 `SlowDown`, a
+//! request that never answers, a torn connection, a slow PUT) on segment or
+//! commit PUTs, either a few times (the retry loop should ride it out) or
+//! for the whole round (an outage: durable requests should get 503). While it
+//! lasts, clients send durable and async requests of 1–5 events. Then the
+//! fault is cleared and one durable probe must get 200 within a bounded
+//! number of tries, on the same gateway (no restart). At the end the whole
+//! log is audited: seqs dense, each record starting where the last ended and
+//! naming a segment that exists; every 200'd event at its acked offset,
+//! every 202'd event present (nothing was killed), every event at most once.
+//!
+//! - `cargo bench --bench faults`: the full run, memory store and moto S3.
+//! - `cargo test --all-targets` runs this binary without `--bench`: a short run.
+//!
+//! Environment: `SLUICE_FAULTS_SEED` (default: from the clock; printed),
+//! `SLUICE_FAULTS_ROUNDS` (full 30, short 3) and `SLUICE_FAULTS_SECS` (full
+//! 300, short 60: a store's rounds stop early past it). Prints one table
+//! row per store and exits 1 when an invariant failed.
+
+#[path = "../tests/common/mod.rs"]
+#[allow(dead_code, unused_imports)]
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::gateway::{event_of, test_config, TestGateway};
+use common::{Backend, Place};
+use object_store::ObjectStoreExt;
+use serde_json::Value;
+use sluice::faults::{Fault, FaultyStore};
+use sluice::log::retry::RetryPolicy;
+use sluice::log::Log;
+use sluice::store::Store;
+
+const STREAM: &str = "campaign";
+const PARTITIONS: u32 = 4;
+const CLIENTS: usize = 6;
+const REQUESTS_PER_CLIENT: usize = 3;
+const PROBES: usize = 20;
+
+/// splitmix64: a small seeded generator (the campaign must replay from its seed).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// What the clients were told.
+#[derive(Default)]
+struct Ledger {
+    requests: u64,
+    ok: u64,
+    accepted_202: u64,
+    unavailable: u64,
+    /// 200: (partition, offset) → event.
+    acked: BTreeMap<(u32, u64), String>,
+    /// 202'd events: must all be in the log (nothing was killed).
+    accepted: Vec<String>,
+    /// Every event sent, 503'd or cut ones included.
+    sent: Vec<String>,
+    /// Answers that are none of 200, 202, 503 store-unavailable/overloaded.
+    odd: Vec<String>,
+}
+
+/// One store's result.
+struct Row {
+    store: &'static str,
+    rounds: usize,
+    faults: BTreeMap<&'static str, u64>,
+    ledger: Ledger,
+    false_200: u64,
+    verified: u64,
+    lost: u64,
+    duplicated: u64,
+    resumed: bool,
+    log_errors: Vec<String>,
+}
+
+impl Row {
+    fn failed(&self) -> bool {
+        self.false_200 > 0
+            || self.lost > 0
+            || self.duplicated > 0
+            || !self.resumed
+            || !self.log_errors.is_empty()
+            || !self.ledger.odd.is_empty()
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let full = args.iter().any(|a| a == "--bench");
+    let seed = env_u64("SLUICE_FAULTS_SEED").unwrap_or_else(clock_seed);
+    let rounds = env_u64("SLUICE_FAULTS_ROUNDS").unwrap_or(if full { 30 } else { 3 }) as usize;
+    let secs = env_u64("SLUICE_FAULTS_SECS").unwrap_or(if full { 300 } else { 60 });
+    println!("faults campaign: seed {seed} (SLUICE_FAULTS_SEED={seed} replays it), {rounds} rounds per store, at most {secs} s per store");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("build the campaign's tokio runtime");
+    let mut rows = Vec::new();
+    for (i, (name, backend)) in [("memory", Backend::Memory), ("s3 (moto)", Backend::S3)]
+        .into_iter()
+        .enumerate()
+    {
+        let mut rng = Rng(seed.wrapping_add(i as u64));
+        let limit = Duration::from_secs(secs);
+        rows.push(runtime.block_on(campaign(name, backend, rounds, limit, &mut rng)));
+    }
+    print(&rows);
+    if rows.iter().any(Row::failed) {
+        for r in rows.iter().filter(|r| r.failed()) {
+            eprintln!(
+                "{}: log errors {:?}; odd answers {:?}",
+                r.store, r.log_errors, r.ledger.odd
+            );
+        }
+        eprintln!("faults campaign FAILED (seed {seed})");
+        std::process::exit(1);
+    }
+}
+
+fn env_u64(name: &str) -> Option<u64> {
+    let text = std::env::var(name).ok()?;
+    Some(
+        text.parse()
+            .unwrap_or_else(|_| panic!("{name} must be a whole number, not {text:?}")),
+    )
+}
+
+fn clock_seed() -> u64 {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    now.map_or(1, |d| d.as_nanos() as u64)
+}
+
+/// A round's fault: what, where, and for how many requests.
+fn pick(rng: &mut Rng) -> (Fault, &'static str, u32) {
+    let fault = match rng.below(5) {
+        0 => Fault::InternalError,
+        1 => Fault::SlowDown,
+        2 => Fault::Hang,
+        3 => Fault::Torn,
+        _ => Fault::Delay(Duration::from_millis(50 + rng.below(350))),
+    };
+    let target = if rng.below(2) == 0 { "/data/" } else { "/log/" };
+    // Half the rounds are outages (until cleared), half a few failures.
+    let times = if rng.below(2) == 0 {
+        u32::MAX
+    } else {
+        1 + rng.below(5) as u32
+    };
+    (fault, target, times)
+}
+
+async fn campaign(
+    store_name: &'static str,
+    backend: Backend,
+    rounds: usize,
+    limit: Duration,
+    rng: &mut Rng,
+) -> Row {
+    let place = Place::new(backend);
+    let faulty = Arc::new(FaultyStore::new(place.client()));
+    let mut config = test_config();
+    config.streams.partitions = PARTITIONS;
+    config.batch.store_retry_ms = 200;
+    config.batch.ack_timeout_ms = 800;
+    let gw = TestGateway::start(config, place.store_of(faulty.clone())).await;
+    let client = reqwest::Client::new();
+    let mut ledger = Ledger::default();
+    let mut resumed = true;
+    let started = Instant::now();
+    let mut done = 0;
+    while done < rounds && started.elapsed() < limit {
+        let (fault, target, times) = pick(rng);
+        faulty.inject(target, fault, times);
+        traffic(&client, &gw, done, rng, &mut ledger).await;
+        faulty.clear();
+        resumed &= probe(&client, &gw, done, &mut ledger).await;
+        done += 1;
+    }
+    gw.stop().await;
+    verify(
+        store_name,
+        done,
+        faulty.injected(),
+        ledger,
+        resumed,
+        &place.store(),
+    )
+    .await
+}
+
+/// `CLIENTS` clients at once, each `REQUESTS_PER_CLIENT` requests of 1–5
+/// events, durable or async at random.
+async fn traffic(
+    client: &reqwest::Client,
+    gw: &TestGateway,
+    round: usize,
+    rng: &mut Rng,
+    ledger: &mut Ledger,
+) {
+    let mut tasks = Vec::new();
+    for c in 0..CLIENTS {
+        let plan: Vec<(bool, usize)> = (0..REQUESTS_PER_CLIENT)
+            .map(|_| (rng.below(3) > 0, 1 + rng.below(5) as usize))
+            .collect();
+        let (client, url) = (
+            client.clone(),
+            gw.url(&format!("/v1/streams/{STREAM}/events")),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut answers = Vec::new();
+            for (r, (durable, n)) in plan.into_iter().enumerate() {
+                let events: Vec<String> = (0..n)
+                    .map(|i| format!(r#"{{"round":{round},"client":{c},"request":{r},"i":{i}}}"#))
+                    .collect();
+                answers.push((
+                    durable,
+                    events.clone(),
+                    send(&client, &url, &events, durable).await,
+                ));
+            }
+            answers
+        }));
+    }
+    for t in tasks {
+        for (durable, events, answer) in t.await.expect("a client task panicked") {
+            record(ledger, durable, events, answer);
+        }
+    }
+}
+
+/// After the fault cleared: durable single events until one gets 200.
+async fn probe(
+    client: &reqwest::Client,
+    gw: &TestGateway,
+    round: usize,
+    ledger: &mut Ledger,
+) -> bool {
+    let url = gw.url(&format!("/v1/streams/{STREAM}/events"));
+    for i in 0..PROBES {
+        let events = vec![format!(r#"{{"round":{round},"probe":{i}}}"#)];
+        let answer = send(client, &url, &events, true).await;
+        let ok = matches!(answer, Answer::Status(200, _));
+        record(ledger, true, events, answer);
+        if ok {
+            return true;
+        }
+    }
+    false
+}
+
+enum Answer {
+    Status(u16, Value),
+    Cut(String),
+}
+
+async fn send(client: &reqwest::Client, url: &str, events: &[String], durable: bool) -> Answer {
+    let body = format!("[{}]", events.join(","));
+    let mut req = client.post(url).timeout(Duration::from_secs(30)).body(body);
+    if !durable {
+        req = req.header("prefer", "respond-async");
+    }
+    let resp = match req.send().await {
+        Ok(r) => r,
+        Err(e) => return Answer::Cut(e.to_string()),
+    };
+    let status = resp.status().as_u16();
+    match resp.bytes().await {
+        Ok(b) => Answer::Status(status, serde_json::from_slice(&b).unwrap_or(Value::Null)),
+        Err(e) => Answer::Cut(e.to_string()),
+    }
+}
+
+fn record(ledger: &mut Ledger, durable: bool, events: Vec<String>, answer: Answer) {
+    ledger.requests += 1;
+    ledger.sent.extend(events.iter().cloned());
+    match answer {
+        Answer::Status(200, json) if durable => {
+            ledger.ok += 1;
+            let p = json["partition"].as_u64().unwrap_or(u64::MAX) as u32;
+            let o = json["first_offset"].as_u64().unwrap_or(u64::MAX);
+            for (i, e) in events.into_iter().enumerate() {
+                ledger.acked.insert((p, o + i as u64), e);
+            }
+        }
+        Answer::Status(202, _) if !durable => {
+            ledger.accepted_202 += 1;
+            ledger.accepted.extend(events);
+        }
+        Answer::Status(503, json) if is_unavailable(&json) => ledger.unavailable += 1,
+        Answer::Status(status, json) => ledger.odd.push(format!("{status} {json}")),
+        Answer::Cut(e) => ledger.odd.push(format!("connection: {e}")),
+    }
+}
+
+fn is_unavailable(json: &Value) -> bool {
+    let kind = json["type"].as_str().unwrap_or("");
+    kind == "urn:sluice:problem:store-unavailable" || kind == "urn:sluice:problem:overloaded"
+}
+
+/// Every partition's events by offset, and what is wrong with its log.
+async fn read_log(store: &Store, errors: &mut Vec<String>) -> Vec<Vec<String>> {
+    let log = Log::new(store.clone(), "auditor", RetryPolicy::default());
+    let s = log.stream("default", STREAM);
+    let mut partitions = Vec::new();
+    for p in 0..PARTITIONS {
+        let mut next_offset = 0;
+        let mut seq = 0;
+        while let Ok(Some(r)) = log.record(&s, p, seq).await {
+            if r.first_offset != next_offset {
+                errors.push(format!(
+                    "partition {p} seq {seq}: starts at {} not {next_offset}",
+                    r.first_offset
+                ));
+            }
+            if store.inner.head(&s.segment(&r.segment)).await.is_err() {
+                errors.push(format!(
+                    "partition {p} seq {seq}: segment {} is missing",
+                    r.segment
+                ));
+            }
+            next_offset = r.next_offset();
+            seq += 1;
+        }
+        match log.read(&s, p, 0, usize::MAX).await {
+            Ok(b) if b.next_offset == next_offset => {
+                partitions.push(b.events.iter().map(|e| event_of(e)).collect())
+            }
+            Ok(b) => {
+                errors.push(format!(
+                    "partition {p}: read ends at {} not {next_offset}",
+                    b.next_offset
+                ));
+                partitions.push(Vec::new());
+            }
+            Err(e) => {
+                errors.push(format!("partition {p}: {e}"));
+                partitions.push(Vec::new());
+            }
+        }
+    }
+    partitions
+}
+
+async fn verify(
+    store_name: &'static str,
+    rounds: usize,
+    faults: BTreeMap<&'static str, u64>,
+    ledger: Ledger,
+    resumed: bool,
+    store: &Store,
+) -> Row {
+    let mut log_errors = Vec::new();
+    let log = read_log(store, &mut log_errors).await;
+    let mut copies: HashMap<&str, u64> = HashMap::new();
+    for e in log.iter().flatten() {
+        *copies.entry(e.as_str()).or_default() += 1;
+    }
+    let false_200 = ledger
+        .acked
+        .iter()
+        .filter(|((p, o), e)| log.get(*p as usize).and_then(|l| l.get(*o as usize)) != Some(*e))
+        .count() as u64;
+    let lost = ledger
+        .accepted
+        .iter()
+        .filter(|e| !copies.contains_key(e.as_str()))
+        .count() as u64;
+    let duplicated = copies.values().filter(|&&n| n > 1).count() as u64;
+    let known: std::collections::HashSet<&str> = ledger.sent.iter().map(String::as_str).collect();
+    if let Some(stranger) = copies.keys().find(|e| !known.contains(*e)) {
+        log_errors.push(format!("{stranger} is in the log but was never sent"));
+    }
+    let verified = (ledger.acked.len() + ledger.accepted.len()) as u64 - false_200 - lost;
+    Row {
+        store: store_name,
+        rounds,
+        faults,
+        ledger,
+        false_200,
+        verified,
+        lost,
+        duplicated,
+        resumed,
+        log_errors,
+    }
+}
+
+fn print(rows: &[Row]) {
+    println!();
+    println!("| store | rounds | faults injected (by kind) | requests | 200 | 202 | 503 | false 200 (must be 0) | acked events verified | lost (0) | duplicated (0) | resumed after recovery |");
+    println!("|---|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|---|");
+    for r in rows {
+        let faults: Vec<String> = r.faults.iter().map(|(k, n)| format!("{k}: {n}")).collect();
+        let l = &r.ledger;
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            r.store,
+            r.rounds,
+            faults.join(", "),
+            l.requests,
+            l.ok,
+            l.accepted_202,
+            l.unavailable,
+            r.false_200,
+            r.verified,
+            r.lost,
+            r.duplicated,
+            if r.resumed { "yes" } else { "NO" },
+        );
+    }
+}
