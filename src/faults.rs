@@ -34,7 +34,7 @@ use tokio::sync::{Notify, Semaphore};
 pub enum Fault {
     /// Fail without writing.
     FailBefore,
-    /// Write, then report failure.
+    /// Write (or try to), then report failure whatever the store said.
     FailAfter,
     /// Wait, then go on.
     Delay(Duration),
@@ -51,8 +51,9 @@ pub enum Fault {
     /// No answer, ever: the caller's own deadline has to cut it. Nothing
     /// written.
     Hang,
-    /// The connection is cut after the request went out: the write landed
-    /// but the caller gets an I/O error (an unknown outcome).
+    /// The connection is cut after the request went out: the store did
+    /// what it does (the write landed, or it answered 412), the caller gets
+    /// an I/O error instead of the answer (an unknown outcome).
     Torn,
 }
 
@@ -245,7 +246,8 @@ impl State {
             }
             Fault::Hang => std::future::pending().await,
             Fault::FailAfter | Fault::Torn => {
-                call.await?;
+                // The answer, success or not, never reaches the caller.
+                let _ = call.await;
                 Err(error_for(fault, location))
             }
             Fault::Delay(d) => {

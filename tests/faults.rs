@@ -36,7 +36,11 @@ use sluice::log::record::StreamPath;
 use sluice::log::retry::RetryPolicy;
 use sluice::log::segment::{ReceivedAt, SegmentBuilder};
 use sluice::log::{Log, LogError};
-use sluice::store::Store;
+use sluice::store::{Store, StoreKind};
+
+#[path = "common/proxy.rs"]
+mod proxy;
+use proxy::{Cut, Proxy};
 
 const STREAM: &str = "faults";
 const SEGMENT: &str = "/data/";
@@ -206,12 +210,36 @@ async fn seed(store: Store, n: usize, l: &mut Ledger) {
 
 // ---- store faults ----------------------------------------------------------
 
-/// A fault, where it strikes, and whether the commit must fail while it lasts.
+/// A fault, where it strikes, and for how many requests (`u32::MAX`: an
+/// outage until cleared, durable requests must get 503; fewer: the retries
+/// must ride it out, 200).
 struct Case {
     op: Op,
     pattern: &'static str,
     fault: Fault,
-    outage: bool,
+    times: u32,
+}
+
+const OUTAGE: u32 = u32::MAX;
+
+/// How a test starts a fault, stops it, and tells whether it struck.
+trait Injector {
+    fn start(&self);
+    fn stop(&self);
+    fn struck(&self) -> bool;
+}
+
+impl Injector for (Arc<FaultyStore>, &Case) {
+    fn start(&self) {
+        let (faulty, case) = self;
+        faulty.inject_on(case.op, case.pattern, case.fault, case.times);
+    }
+    fn stop(&self) {
+        self.0.clear();
+    }
+    fn struck(&self) -> bool {
+        self.0.injected().values().sum::<u64>() > 0
+    }
 }
 
 /// Seed the log; start a fresh gateway; inject `case` for good; an async
@@ -221,33 +249,33 @@ struct Case {
 /// 202 is in, nothing is there twice.
 async fn store_fault(backend: Backend, case: Case) {
     let place = Place::new(backend);
-    let mut l = Ledger::default();
-    seed(place.store(), 2, &mut l).await;
     let faulty = Arc::new(FaultyStore::new(place.client()));
     let store = place.store_of(faulty.clone());
+    let outage = case.times == OUTAGE;
+    fault_round(place.store(), store, &(faulty, &case), outage).await;
+}
+
+/// The round behind every store-fault test: `seed_store` writes past the
+/// injector, `store` is the gateway's view through it.
+async fn fault_round(seed_store: Store, store: Store, fault: &dyn Injector, outage: bool) {
+    let mut l = Ledger::default();
+    seed(seed_store.clone(), 2, &mut l).await;
     let mut config = one_partition();
     config.batch.ack_timeout_ms = 1_000;
     let gw = TestGateway::start(config, store).await;
     let client = reqwest::Client::new();
 
-    faulty.inject_on(case.op, case.pattern, case.fault, u32::MAX);
+    fault.start();
     post_async(&client, &gw, "during-async", &mut l).await;
     let during = post_durable(&client, &gw, "during", &mut l).await;
-    let expected = if case.outage {
+    let expected = if outage {
         Answer::Unavailable
     } else {
         Answer::Ok
     };
-    assert_eq!(
-        during, expected,
-        "durable POST while {:?} strikes",
-        case.fault
-    );
-    assert!(
-        faulty.injected().values().sum::<u64>() > 0,
-        "the fault never struck"
-    );
-    faulty.clear();
+    assert_eq!(during, expected, "durable POST while the fault strikes");
+    assert!(fault.struck(), "the fault never struck");
+    fault.stop();
 
     let mut resumed = false;
     for i in 0..20 {
@@ -259,7 +287,7 @@ async fn store_fault(backend: Backend, case: Case) {
     assert!(resumed, "ingest did not resume after the fault cleared");
     // One committer per stream commits in order: everything sent before the
     // last 200 is in the log now, the 503'd events included.
-    let log = audit(&place.store()).await;
+    let log = audit(&seed_store).await;
     check(&log, &l, true);
     for e in &l.maybe {
         assert!(
@@ -271,31 +299,106 @@ async fn store_fault(backend: Backend, case: Case) {
 }
 
 macro_rules! store_fault_tests {
-    ($($name:ident: $backend:expr, $op:expr, $pattern:expr, $fault:expr, $outage:expr;)*) => {$(
+    ($($name:ident: $backend:expr, $op:expr, $pattern:expr, $fault:expr, $times:expr;)*) => {$(
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn $name() {
-            store_fault($backend, Case { op: $op, pattern: $pattern, fault: $fault, outage: $outage }).await;
+            store_fault($backend, Case { op: $op, pattern: $pattern, fault: $fault, times: $times }).await;
         }
     )*};
 }
 
 store_fault_tests! {
-    segment_put_500: Backend::Memory, Op::Put, SEGMENT, Fault::InternalError, true;
-    segment_put_503: Backend::Memory, Op::Put, SEGMENT, Fault::SlowDown, true;
-    segment_put_timeout: Backend::Memory, Op::Put, SEGMENT, Fault::Hang, true;
-    segment_put_torn: Backend::Memory, Op::Put, SEGMENT, Fault::Torn, true;
-    commit_500: Backend::Memory, Op::Put, RECORD, Fault::InternalError, true;
-    commit_503: Backend::Memory, Op::Put, RECORD, Fault::SlowDown, true;
-    commit_timeout: Backend::Memory, Op::Put, RECORD, Fault::Hang, true;
-    // The record landed: the retry's put-if-absent finds it, the commit is done.
-    commit_torn: Backend::Memory, Op::Put, RECORD, Fault::Torn, false;
-    head_discovery_503: Backend::Memory, Op::Head, RECORD, Fault::SlowDown, true;
-    watermark_check_timeout: Backend::Memory, Op::Head, "/low/", Fault::Hang, true;
-    s3_commit_500: Backend::S3, Op::Put, RECORD, Fault::InternalError, true;
-    s3_commit_503: Backend::S3, Op::Put, RECORD, Fault::SlowDown, true;
-    s3_commit_timeout: Backend::S3, Op::Put, RECORD, Fault::Hang, true;
-    s3_commit_torn: Backend::S3, Op::Put, RECORD, Fault::Torn, false;
-    s3_segment_put_torn: Backend::S3, Op::Put, SEGMENT, Fault::Torn, true;
+    segment_put_500: Backend::Memory, Op::Put, SEGMENT, Fault::InternalError, OUTAGE;
+    segment_put_503: Backend::Memory, Op::Put, SEGMENT, Fault::SlowDown, OUTAGE;
+    segment_put_timeout: Backend::Memory, Op::Put, SEGMENT, Fault::Hang, OUTAGE;
+    segment_put_torn: Backend::Memory, Op::Put, SEGMENT, Fault::Torn, OUTAGE;
+    segment_put_slow: Backend::Memory, Op::Put, SEGMENT, Fault::Delay(Duration::from_millis(400)), OUTAGE;
+    segment_put_503_twice: Backend::Memory, Op::Put, SEGMENT, Fault::SlowDown, 2;
+    commit_500: Backend::Memory, Op::Put, RECORD, Fault::InternalError, OUTAGE;
+    commit_503: Backend::Memory, Op::Put, RECORD, Fault::SlowDown, OUTAGE;
+    commit_timeout: Backend::Memory, Op::Put, RECORD, Fault::Hang, OUTAGE;
+    commit_torn: Backend::Memory, Op::Put, RECORD, Fault::Torn, OUTAGE;
+    // The record landed, its answer was lost: the retry's put-if-absent
+    // finds it, the commit is done, once.
+    commit_torn_once: Backend::Memory, Op::Put, RECORD, Fault::Torn, 1;
+    commit_timeout_once: Backend::Memory, Op::Put, RECORD, Fault::Hang, 1;
+    head_discovery_503: Backend::Memory, Op::Head, RECORD, Fault::SlowDown, OUTAGE;
+    head_record_read_torn: Backend::Memory, Op::Get, RECORD, Fault::Torn, OUTAGE;
+    watermark_check_timeout: Backend::Memory, Op::Head, "/low/", Fault::Hang, OUTAGE;
+    s3_commit_500: Backend::S3, Op::Put, RECORD, Fault::InternalError, OUTAGE;
+    s3_commit_503: Backend::S3, Op::Put, RECORD, Fault::SlowDown, OUTAGE;
+    s3_commit_timeout: Backend::S3, Op::Put, RECORD, Fault::Hang, OUTAGE;
+    s3_commit_torn: Backend::S3, Op::Put, RECORD, Fault::Torn, OUTAGE;
+    s3_commit_torn_once: Backend::S3, Op::Put, RECORD, Fault::Torn, 1;
+    s3_segment_put_torn: Backend::S3, Op::Put, SEGMENT, Fault::Torn, OUTAGE;
+}
+
+// ---- torn connections on the real S3 protocol ----------------------------
+
+impl Injector for (Proxy, &'static str, &'static str, Cut, u32) {
+    fn start(&self) {
+        let (proxy, method, pattern, cut, times) = self;
+        proxy.cut(method, pattern, *cut, *times);
+    }
+    fn stop(&self) {
+        self.0.clear();
+    }
+    fn struck(&self) -> bool {
+        self.0.cuts() > 0
+    }
+}
+
+/// The gateway reaches moto through a [`Proxy`] that cuts the connections
+/// of the next `times` requests matching `method` and `pattern` at `cut`.
+async fn torn_connection(method: &'static str, pattern: &'static str, cut: Cut, times: u32) {
+    let bucket = common::new_bucket();
+    let proxy = Proxy::start(&common::moto().endpoint).await;
+    let direct = Store::from_parts(common::s3_client(&bucket), "root", StoreKind::S3);
+    let through = Store::from_parts(proxy.s3_client(&bucket), "root", StoreKind::S3);
+    let outage = times == OUTAGE;
+    fault_round(
+        direct,
+        through,
+        &(proxy, method, pattern, cut, times),
+        outage,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_proxy_cut_mid_segment_upload() {
+    torn_connection("PUT", SEGMENT, Cut::MidRequest, OUTAGE).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_proxy_cut_mid_commit_upload() {
+    torn_connection("PUT", RECORD, Cut::MidRequest, OUTAGE).await;
+}
+
+/// Every commit-record PUT lands and its answer (even the retry's 412) is
+/// lost: an outage to the gateway, though records land.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_proxy_cut_every_commit_answer() {
+    torn_connection("PUT", RECORD, Cut::BeforeResponse, OUTAGE).await;
+}
+
+/// One commit-record PUT lands and loses its answer: the retry's
+/// put-if-absent gets 412, reads the record, finds its own segment: 200,
+/// and the events are in the log once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_proxy_cut_one_commit_answer() {
+    torn_connection("PUT", RECORD, Cut::BeforeResponse, 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_proxy_cut_one_commit_answer_halfway() {
+    torn_connection("PUT", RECORD, Cut::MidResponse, 1).await;
+}
+
+/// Every request to the bucket is cut (moto unreachable), then it comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_proxy_bucket_unreachable_then_back() {
+    torn_connection("", "", Cut::MidRequest, OUTAGE).await;
 }
 
 // ---- crash points in the write path ----------------------------------------
