@@ -22,7 +22,6 @@
 //! row per store and exits 1 when an invariant failed.
 
 #[path = "../tests/common/mod.rs"]
-#[allow(dead_code, unused_imports)]
 mod common;
 
 use std::collections::{BTreeMap, HashMap};
