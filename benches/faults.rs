@@ -23,6 +23,8 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "../tests/common/proxy.rs"]
+mod proxy;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -31,11 +33,12 @@ use std::time::{Duration, Instant};
 use common::gateway::{event_of, test_config, TestGateway};
 use common::{Backend, Place};
 use object_store::ObjectStoreExt;
+use proxy::{Cut, Proxy};
 use serde_json::Value;
 use sluice::faults::{Fault, FaultyStore};
 use sluice::log::retry::RetryPolicy;
 use sluice::log::Log;
-use sluice::store::Store;
+use sluice::store::{Store, StoreKind};
 
 const STREAM: &str = "campaign";
 const PARTITIONS: u32 = 4;
@@ -115,13 +118,15 @@ fn main() {
         .build()
         .expect("build the campaign's tokio runtime");
     let mut rows = Vec::new();
-    for (i, (name, backend)) in [("memory", Backend::Memory), ("s3 (moto)", Backend::S3)]
-        .into_iter()
-        .enumerate()
-    {
+    let stores = [
+        ("memory", Where::Memory),
+        ("s3 (moto)", Where::S3),
+        ("s3 (moto) via cutting proxy", Where::S3Proxy),
+    ];
+    for (i, (name, at)) in stores.into_iter().enumerate() {
         let mut rng = Rng(seed.wrapping_add(i as u64));
         let limit = Duration::from_secs(secs);
-        rows.push(runtime.block_on(campaign(name, backend, rounds, limit, &mut rng)));
+        rows.push(runtime.block_on(campaign(name, at, rounds, limit, &mut rng)));
     }
     print(&rows);
     if rows.iter().any(Row::failed) {
@@ -168,43 +173,100 @@ fn pick(rng: &mut Rng) -> (Fault, &'static str, u32) {
     (fault, target, times)
 }
 
+/// The store a campaign runs on.
+#[derive(Clone, Copy)]
+enum Where {
+    Memory,
+    S3,
+    /// S3 through a [`Proxy`] that also cuts connections at random.
+    S3Proxy,
+}
+
+/// The bucket (read directly for the audit) and the client the gateway
+/// uses, with the proxy in between when there is one.
+async fn open(at: Where) -> (Store, Arc<dyn object_store::ObjectStore>, Option<Proxy>) {
+    match at {
+        Where::Memory | Where::S3 => {
+            let place = Place::new(if matches!(at, Where::S3) {
+                Backend::S3
+            } else {
+                Backend::Memory
+            });
+            (place.store(), place.client(), None)
+        }
+        Where::S3Proxy => {
+            let bucket = common::new_bucket();
+            let direct = Store::from_parts(common::s3_client(&bucket), "root", StoreKind::S3);
+            let proxy = Proxy::start(&common::moto().endpoint).await;
+            let client = proxy.s3_client(&bucket);
+            (direct, client, Some(proxy))
+        }
+    }
+}
+
+/// A round's connection cut: how, where, for how many requests.
+fn pick_cut(rng: &mut Rng) -> (Cut, &'static str, u32) {
+    let cut = match rng.below(3) {
+        0 => Cut::MidRequest,
+        1 => Cut::BeforeResponse,
+        _ => Cut::MidResponse,
+    };
+    let (_, target, times) = pick(rng);
+    (cut, target, times)
+}
+
 async fn campaign(
     store_name: &'static str,
-    backend: Backend,
+    at: Where,
     rounds: usize,
     limit: Duration,
     rng: &mut Rng,
 ) -> Row {
-    let place = Place::new(backend);
-    let faulty = Arc::new(FaultyStore::new(place.client()));
+    let (direct, client_store, proxy) = open(at).await;
+    let faulty = Arc::new(FaultyStore::new(client_store));
+    let place_store = Store::from_parts(faulty.clone(), "root", kind(at));
     let mut config = test_config();
     config.streams.partitions = PARTITIONS;
     config.batch.store_retry_ms = 200;
     config.batch.ack_timeout_ms = 800;
-    let gw = TestGateway::start(config, place.store_of(faulty.clone())).await;
+    let gw = TestGateway::start(config, place_store).await;
     let client = reqwest::Client::new();
     let mut ledger = Ledger::default();
     let mut resumed = true;
     let started = Instant::now();
     let mut done = 0;
     while done < rounds && started.elapsed() < limit {
-        let (fault, target, times) = pick(rng);
-        faulty.inject(target, fault, times);
+        match &proxy {
+            Some(p) if rng.below(2) == 0 => {
+                let (cut, target, times) = pick_cut(rng);
+                p.cut("PUT", target, cut, times);
+            }
+            _ => {
+                let (fault, target, times) = pick(rng);
+                faulty.inject(target, fault, times);
+            }
+        }
         traffic(&client, &gw, done, rng, &mut ledger).await;
         faulty.clear();
+        if let Some(p) = &proxy {
+            p.clear();
+        }
         resumed &= probe(&client, &gw, done, &mut ledger).await;
         done += 1;
     }
     gw.stop().await;
-    verify(
-        store_name,
-        done,
-        faulty.injected(),
-        ledger,
-        resumed,
-        &place.store(),
-    )
-    .await
+    let mut faults = faulty.injected();
+    if let Some(p) = &proxy {
+        faults.insert("connection cut", p.cuts());
+    }
+    verify(store_name, done, faults, ledger, resumed, &direct).await
+}
+
+fn kind(at: Where) -> StoreKind {
+    match at {
+        Where::Memory => StoreKind::Memory,
+        Where::S3 | Where::S3Proxy => StoreKind::S3,
+    }
 }
 
 /// `CLIENTS` clients at once, each `REQUESTS_PER_CLIENT` requests of 1–5
