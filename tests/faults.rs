@@ -631,13 +631,45 @@ async fn readable_or_expired(store: &Store, all: &[String], first: u64) -> usize
     readable
 }
 
+/// Long-poll every offset of `all` on a running gateway: each answers 200
+/// with its event or `410 offset-expired` naming `first`; returns how many
+/// were readable.
+async fn served_or_expired(gw: &TestGateway, all: &[String], first: u64) -> usize {
+    let client = reqwest::Client::new();
+    let mut readable = 0;
+    for (o, e) in all.iter().enumerate() {
+        let url = gw.url(&format!(
+            "/v1/streams/{STREAM}/events?partition=0&offset={o}&limit=1"
+        ));
+        let resp = client.get(url).timeout(WAIT).send().await.unwrap();
+        let status = resp.status().as_u16();
+        let json: Value = serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap();
+        match status {
+            200 => {
+                let want: Value = serde_json::from_str(e).unwrap();
+                assert_eq!(json["events"][0]["event"], want, "offset {o}");
+                readable += 1;
+            }
+            410 => {
+                assert_eq!(json["type"], "urn:sluice:problem:offset-expired");
+                assert_eq!(json["first_offset"], first, "offset {o}");
+            }
+            _ => panic!("offset {o}: {status} {json}"),
+        }
+    }
+    readable
+}
+
 /// Kill a collector while the delete of a key containing `pattern` is parked;
-/// readers see events or `410`, a writer appends at the head, and a fresh
-/// collector finishes what the dead one left.
+/// readers (a fresh one, and a gateway that was serving all along) see
+/// events or `410`, a writer appends at the head, and a fresh collector
+/// finishes what the dead one left.
 async fn crash_in_gc(pattern: &str) {
     let place = Place::new(Backend::Memory);
     let all = aged_log(place.store()).await;
     let config = retention_config();
+    let serving = TestGateway::start(retention_config(), place.store()).await;
+    assert_eq!(served_or_expired(&serving, &all, 0).await, all.len());
     let faulty = Arc::new(FaultyStore::new(place.client()));
     faulty.inject_on(Op::Delete, pattern, Fault::Hold, 1);
     let gc_log = Arc::new(Log::new(place.store_of(faulty.clone()), "gc1", policy()));
@@ -652,6 +684,11 @@ async fn crash_in_gc(pattern: &str) {
     process.kill();
 
     assert_eq!(readable_or_expired(&place.store(), &all, 18).await, 6);
+    let readable = served_or_expired(&serving, &all, 18).await;
+    assert!(
+        readable >= 6,
+        "a cached event may still be served, never a gap"
+    );
     let mut l = Ledger::default();
     let gw = TestGateway::start(retention_config(), place.store()).await;
     let client = reqwest::Client::new();
@@ -677,6 +714,8 @@ async fn crash_in_gc(pattern: &str) {
         );
     }
     assert_eq!(readable_or_expired(&place.store(), &all, 18).await, 6);
+    assert!(served_or_expired(&serving, &all, 18).await >= 6);
+    serving.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
