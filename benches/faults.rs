@@ -1,7 +1,9 @@
-//! Store-fault campaign: durable and async traffic at an in-process gateway
-//! while a seeded random schedule of store faults strikes its segment PUTs
-//! and commit-record PUTs, then a check of every answer against the log.
+//! Fault campaigns: durable and async traffic at in-process gateways while
+//! seeded random store faults strike, or the gateway is killed at random
+//! crash points; then a check of every answer against the log. Two tables.
 //!
+//! **Store faults** (this file), on the memory store, moto S3, and moto S3
+//! behind a proxy that also cuts connections at random ([`proxy`]).
 //! Each round injects one fault (S3 500 `InternalError`, 503 `SlowDown`, a
 //! request that never answers, a torn connection, a slow PUT) on segment or
 //! commit PUTs, either a few times (the retry loop should ride it out) or
@@ -13,16 +15,20 @@
 //! naming a segment that exists; every 200'd event at its acked offset,
 //! every 202'd event present (nothing was killed), every event at most once.
 //!
-//! - `cargo bench --bench faults`: the full run, memory store and moto S3.
+//! **Crash points** ([`crash`]): memory store and moto S3.
+//!
+//! - `cargo bench --bench faults`: the full run.
 //! - `cargo test --all-targets` runs this binary without `--bench`: a short run.
 //!
 //! Environment: `SLUICE_FAULTS_SEED` (default: from the clock; printed),
 //! `SLUICE_FAULTS_ROUNDS` (full 30, short 3) and `SLUICE_FAULTS_SECS` (full
-//! 300, short 60: a store's rounds stop early past it). Prints one table
-//! row per store and exits 1 when an invariant failed.
+//! 300, short 60: a store's rounds stop early past it). Prints a row per
+//! store in each table and exits 1 when an invariant failed.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "faults/crash.rs"]
+mod crash;
 #[path = "../tests/common/proxy.rs"]
 mod proxy;
 
@@ -76,8 +82,16 @@ struct Ledger {
     accepted: Vec<String>,
     /// Every event sent, 503'd or cut ones included.
     sent: Vec<String>,
-    /// Answers that are none of 200, 202, 503 store-unavailable/overloaded.
+    /// Answers that are none of 200, 202, 503 store-unavailable/overloaded
+    /// (nor, in a crash campaign, a cut connection).
     odd: Vec<String>,
+    /// A crash campaign: connections cut by a kill are expected, and 202'd
+    /// events may be lost (killed before their flush, as documented).
+    crashes: bool,
+    /// Requests whose connection a kill cut.
+    cut: u64,
+    /// 202'd events a crash may have lost.
+    at_risk: Vec<String>,
 }
 
 /// One store's result.
@@ -90,6 +104,8 @@ struct Row {
     verified: u64,
     lost: u64,
     duplicated: u64,
+    /// 202'd events a crash lost (crash campaign only; documented).
+    at_risk_lost: u64,
     resumed: bool,
     log_errors: Vec<String>,
 }
@@ -129,6 +145,17 @@ fn main() {
         rows.push(runtime.block_on(campaign(name, at, rounds, limit, &mut rng)));
     }
     print(&rows);
+    let mut crashes = Vec::new();
+    for (i, (name, backend)) in [("memory", Backend::Memory), ("s3 (moto)", Backend::S3)]
+        .into_iter()
+        .enumerate()
+    {
+        let mut rng = Rng(seed.wrapping_add(10 + i as u64));
+        let limit = Duration::from_secs(secs);
+        crashes.push(runtime.block_on(crash::campaign(name, backend, rounds, limit, &mut rng)));
+    }
+    crash::print(&crashes);
+    rows.extend(crashes);
     if rows.iter().any(Row::failed) {
         for r in rows.iter().filter(|r| r.failed()) {
             eprintln!(
@@ -270,7 +297,7 @@ fn kind(at: Where) -> StoreKind {
 }
 
 /// `CLIENTS` clients at once, each `REQUESTS_PER_CLIENT` requests of 1–5
-/// events, durable or async at random.
+/// events, durable or async at random; wait for every answer.
 async fn traffic(
     client: &reqwest::Client,
     gw: &TestGateway,
@@ -278,6 +305,20 @@ async fn traffic(
     rng: &mut Rng,
     ledger: &mut Ledger,
 ) {
+    let clients = start_traffic(client, gw, round, rng);
+    finish_traffic(clients, ledger).await;
+}
+
+/// What one client sent and heard, request by request.
+type Answers = Vec<(bool, Vec<String>, Answer)>;
+
+/// Start the clients of a round; they run until their requests are answered.
+fn start_traffic(
+    client: &reqwest::Client,
+    gw: &TestGateway,
+    round: usize,
+    rng: &mut Rng,
+) -> Vec<tokio::task::JoinHandle<Answers>> {
     let mut tasks = Vec::new();
     for c in 0..CLIENTS {
         let plan: Vec<(bool, usize)> = (0..REQUESTS_PER_CLIENT)
@@ -293,16 +334,17 @@ async fn traffic(
                 let events: Vec<String> = (0..n)
                     .map(|i| format!(r#"{{"round":{round},"client":{c},"request":{r},"i":{i}}}"#))
                     .collect();
-                answers.push((
-                    durable,
-                    events.clone(),
-                    send(&client, &url, &events, durable).await,
-                ));
+                let answer = send(&client, &url, &events, durable).await;
+                answers.push((durable, events, answer));
             }
             answers
         }));
     }
-    for t in tasks {
+    tasks
+}
+
+async fn finish_traffic(clients: Vec<tokio::task::JoinHandle<Answers>>, ledger: &mut Ledger) {
+    for t in clients {
         for (durable, events, answer) in t.await.expect("a client task panicked") {
             record(ledger, durable, events, answer);
         }
@@ -365,10 +407,14 @@ fn record(ledger: &mut Ledger, durable: bool, events: Vec<String>, answer: Answe
         }
         Answer::Status(202, _) if !durable => {
             ledger.accepted_202 += 1;
-            ledger.accepted.extend(events);
+            match ledger.crashes {
+                true => ledger.at_risk.extend(events),
+                false => ledger.accepted.extend(events),
+            }
         }
         Answer::Status(503, json) if is_unavailable(&json) => ledger.unavailable += 1,
         Answer::Status(status, json) => ledger.odd.push(format!("{status} {json}")),
+        Answer::Cut(_) if ledger.crashes => ledger.cut += 1,
         Answer::Cut(e) => ledger.odd.push(format!("connection: {e}")),
     }
 }
@@ -447,6 +493,11 @@ async fn verify(
         .filter(|e| !copies.contains_key(e.as_str()))
         .count() as u64;
     let duplicated = copies.values().filter(|&&n| n > 1).count() as u64;
+    let at_risk_lost = ledger
+        .at_risk
+        .iter()
+        .filter(|e| !copies.contains_key(e.as_str()))
+        .count() as u64;
     let known: std::collections::HashSet<&str> = ledger.sent.iter().map(String::as_str).collect();
     if let Some(stranger) = copies.keys().find(|e| !known.contains(*e)) {
         log_errors.push(format!("{stranger} is in the log but was never sent"));
@@ -461,6 +512,7 @@ async fn verify(
         verified,
         lost,
         duplicated,
+        at_risk_lost,
         resumed,
         log_errors,
     }
