@@ -20,7 +20,8 @@
 //! - `cargo bench --bench faults`: the full run.
 //! - `cargo test --all-targets` runs this binary without `--bench`: a short run.
 //!
-//! Environment: `SLUICE_FAULTS_SEED` (default: from the clock; printed),
+//! Environment: `SLUICE_FAULTS_ONLY=store|crash` (one table; default both),
+//! `SLUICE_FAULTS_SEED` (default: from the clock; printed),
 //! `SLUICE_FAULTS_ROUNDS` (full 30, short 3) and `SLUICE_FAULTS_SECS` (full
 //! 300, short 60: a store's rounds stop early past it). Prints a row per
 //! store in each table and exits 1 when an invariant failed.
@@ -127,35 +128,25 @@ fn main() {
     let seed = env_u64("SLUICE_FAULTS_SEED").unwrap_or_else(clock_seed);
     let rounds = env_u64("SLUICE_FAULTS_ROUNDS").unwrap_or(if full { 30 } else { 3 }) as usize;
     let secs = env_u64("SLUICE_FAULTS_SECS").unwrap_or(if full { 300 } else { 60 });
-    println!("faults campaign: seed {seed} (SLUICE_FAULTS_SEED={seed} replays it), {rounds} rounds per store, at most {secs} s per store");
+    println!("faults campaign: seed {seed} (SLUICE_FAULTS_SEED={seed} replays its schedule), {rounds} rounds per store, at most {secs} s per store");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("build the campaign's tokio runtime");
+    let only = std::env::var("SLUICE_FAULTS_ONLY").unwrap_or_default();
+    assert!(
+        ["", "store", "crash"].contains(&only.as_str()),
+        "SLUICE_FAULTS_ONLY is store or crash, not {only:?}"
+    );
+    let limit = Duration::from_secs(secs);
     let mut rows = Vec::new();
-    let stores = [
-        ("memory", Where::Memory),
-        ("s3 (moto)", Where::S3),
-        ("s3 (moto) via cutting proxy", Where::S3Proxy),
-    ];
-    for (i, (name, at)) in stores.into_iter().enumerate() {
-        let mut rng = Rng(seed.wrapping_add(i as u64));
-        let limit = Duration::from_secs(secs);
-        rows.push(runtime.block_on(campaign(name, at, rounds, limit, &mut rng)));
+    if only.is_empty() || only == "store" {
+        rows.extend(store_faults(&runtime, seed, rounds, limit));
     }
-    print(&rows);
-    let mut crashes = Vec::new();
-    for (i, (name, backend)) in [("memory", Backend::Memory), ("s3 (moto)", Backend::S3)]
-        .into_iter()
-        .enumerate()
-    {
-        let mut rng = Rng(seed.wrapping_add(10 + i as u64));
-        let limit = Duration::from_secs(secs);
-        crashes.push(runtime.block_on(crash::campaign(name, backend, rounds, limit, &mut rng)));
+    if only.is_empty() || only == "crash" {
+        rows.extend(crash_points(&runtime, seed, rounds, limit));
     }
-    crash::print(&crashes);
-    rows.extend(crashes);
     if rows.iter().any(Row::failed) {
         for r in rows.iter().filter(|r| r.failed()) {
             eprintln!(
@@ -166,6 +157,44 @@ fn main() {
         eprintln!("faults campaign FAILED (seed {seed})");
         std::process::exit(1);
     }
+}
+
+/// The store-fault table, one row per store.
+fn store_faults(
+    rt: &tokio::runtime::Runtime,
+    seed: u64,
+    rounds: usize,
+    limit: Duration,
+) -> Vec<Row> {
+    let stores = [
+        ("memory", Where::Memory),
+        ("s3 (moto)", Where::S3),
+        ("s3 (moto) via cutting proxy", Where::S3Proxy),
+    ];
+    let mut rows = Vec::new();
+    for (i, (name, at)) in stores.into_iter().enumerate() {
+        let mut rng = Rng(seed.wrapping_add(i as u64));
+        rows.push(rt.block_on(campaign(name, at, rounds, limit, &mut rng)));
+    }
+    print(&rows);
+    rows
+}
+
+/// The crash-point table, one row per store.
+fn crash_points(
+    rt: &tokio::runtime::Runtime,
+    seed: u64,
+    rounds: usize,
+    limit: Duration,
+) -> Vec<Row> {
+    let stores = [("memory", Backend::Memory), ("s3 (moto)", Backend::S3)];
+    let mut rows = Vec::new();
+    for (i, (name, backend)) in stores.into_iter().enumerate() {
+        let mut rng = Rng(seed.wrapping_add(10 + i as u64));
+        rows.push(rt.block_on(crash::campaign(name, backend, rounds, limit, &mut rng)));
+    }
+    crash::print(&rows);
+    rows
 }
 
 fn env_u64(name: &str) -> Option<u64> {
