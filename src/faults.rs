@@ -51,6 +51,14 @@ pub enum Fault {
     /// No answer, ever: the caller's own deadline has to cut it. Nothing
     /// written.
     Hang,
+    /// S3's `409 ConditionalRequestConflict` (another conditional write to
+    /// the key is in flight), which object_store reports as
+    /// `AlreadyExists` although nothing may exist yet. Nothing written.
+    Conflict,
+    /// A PUT the store finishes `d` later whatever the caller does (a slow
+    /// request the caller gave up on); the caller never hears back. The
+    /// write runs on the caller's runtime. Other requests: as `Hang`.
+    Late(Duration),
     /// The connection is cut after the request went out: the store did
     /// what it does (the write landed, or it answered 412), the caller gets
     /// an I/O error instead of the answer (an unknown outcome).
@@ -70,6 +78,8 @@ impl Fault {
             Fault::SlowDown => "503",
             Fault::Hang => "timeout",
             Fault::Torn => "torn",
+            Fault::Conflict => "409",
+            Fault::Late(_) => "late",
         }
     }
 }
@@ -111,6 +121,8 @@ struct State {
     /// Requests parked by `Hold`/`HoldAfter` so far, and a bell for each.
     held: AtomicU64,
     held_bell: Notify,
+    /// `Late` writes finished so far (landed or refused).
+    late: AtomicU64,
     injected: Mutex<BTreeMap<&'static str, u64>>,
 }
 
@@ -131,6 +143,7 @@ impl FaultyStore {
                 gate: Semaphore::new(0),
                 held: AtomicU64::new(0),
                 held_bell: Notify::new(),
+                late: AtomicU64::new(0),
                 injected: Mutex::new(BTreeMap::new()),
             }),
             counts: Arc::default(),
@@ -166,14 +179,24 @@ impl FaultyStore {
     /// Wait until at least `n` requests have been parked by a hold, at most
     /// `limit`; `false` if they were not.
     pub async fn wait_held(&self, n: u64, limit: Duration) -> bool {
-        let state = &self.state;
+        self.wait_count(&self.state.held, n, limit).await
+    }
+
+    /// Wait until at least `n` `Late` writes have finished in the store
+    /// (landed or refused), at most `limit`; `false` if they have not.
+    pub async fn wait_late(&self, n: u64, limit: Duration) -> bool {
+        self.wait_count(&self.state.late, n, limit).await
+    }
+
+    async fn wait_count(&self, count: &AtomicU64, n: u64, limit: Duration) -> bool {
+        let bell = &self.state.held_bell;
         let reached = async {
             loop {
-                let bell = state.held_bell.notified();
-                if state.held.load(Ordering::SeqCst) >= n {
+                let rung = bell.notified();
+                if count.load(Ordering::SeqCst) >= n {
                     return;
                 }
-                bell.await;
+                rung.await;
             }
         };
         tokio::time::timeout(limit, reached).await.is_ok()
@@ -244,7 +267,11 @@ impl State {
             Fault::FailBefore | Fault::InternalError | Fault::SlowDown => {
                 Err(error_for(fault, location))
             }
-            Fault::Hang => std::future::pending().await,
+            Fault::Conflict => Err(object_store::Error::AlreadyExists {
+                path: location.to_string(),
+                source: "Server returned non-2xx status code: 409 Conflict: <Error><Code>ConditionalRequestConflict</Code></Error>".into(),
+            }),
+            Fault::Hang | Fault::Late(_) => std::future::pending().await,
             Fault::FailAfter | Fault::Torn => {
                 // The answer, success or not, never reaches the caller.
                 let _ = call.await;
@@ -326,8 +353,20 @@ impl ObjectStore for FaultyStore {
         opts: PutOptions,
     ) -> Result<PutResult> {
         self.counts.put.fetch_add(1, Ordering::Relaxed);
+        let fault = self.state.take_fault(Op::Put, location.as_ref());
+        if let Some(Fault::Late(d)) = fault {
+            let (inner, location) = (self.inner.clone(), location.clone());
+            let state = self.state.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(d).await;
+                let _ = inner.put_opts(&location, payload, opts).await;
+                state.late.fetch_add(1, Ordering::SeqCst);
+                state.held_bell.notify_waiters();
+            });
+            return std::future::pending().await;
+        }
         let put = self.inner.put_opts(location, payload, opts);
-        self.call(Op::Put, location, put).await
+        self.state.apply(fault, location, put).await
     }
 
     async fn put_multipart_opts(

@@ -749,3 +749,45 @@ async fn faults_strike_reads_lists_and_deletes() {
     let names: Vec<_> = faulty.injected().into_keys().collect();
     assert_eq!(names, vec!["500", "503", "torn"]);
 }
+
+/// Events in every partition of the stream, audited like [`audit`] but
+/// without assuming one partition.
+async fn all_partitions(store: &Store, partitions: u32) -> Vec<String> {
+    let log = Log::new(store.clone(), "auditor", policy());
+    let s = log.stream("default", STREAM);
+    let mut events = Vec::new();
+    for p in 0..partitions {
+        let batch = log.read(&s, p, 0, usize::MAX).await.unwrap();
+        events.extend(batch.events.iter().map(|e| event_of(e)));
+    }
+    events
+}
+
+/// A commit-record PUT is slow: the gateway gives up on it (its store
+/// deadline), but S3 finishes it later. The retry's put-if-absent meets S3's
+/// `409 ConditionalRequestConflict` (the first write is still in flight),
+/// which object_store reports as `AlreadyExists`, and the record is not
+/// there yet. The writer must not take that for a corrupt partition and
+/// commit the segment elsewhere: the late record lands, and the events
+/// would be in the log twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conflict_while_own_record_is_in_flight_is_not_a_second_commit() {
+    let place = Place::new(Backend::Memory);
+    let faulty = Arc::new(FaultyStore::new(place.client()));
+    faulty.inject(RECORD, Fault::Late(Duration::from_millis(1_500)), 1);
+    faulty.inject(RECORD, Fault::Conflict, 1);
+    let mut config = one_partition();
+    config.streams.partitions = 2;
+    config.batch.ack_timeout_ms = 10_000;
+    let gw = TestGateway::start(config, place.store_of(faulty.clone())).await;
+    let client = reqwest::Client::new();
+    let mut l = Ledger::default();
+    assert_eq!(post_durable(&client, &gw, "slow", &mut l).await, Answer::Ok);
+    assert!(
+        faulty.wait_late(1, WAIT).await,
+        "the late write never finished"
+    );
+    gw.stop().await;
+    let events = all_partitions(&place.store(), 2).await;
+    assert_eq!(events, vec![event("slow")]);
+}
