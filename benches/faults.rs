@@ -5,9 +5,11 @@
 //! **Store faults** (this file), on the memory store, moto S3, and moto S3
 //! behind a proxy that also cuts connections at random ([`proxy`]).
 //! Each round injects one fault (S3 500 `InternalError`, 503 `SlowDown`, a
-//! request that never answers, a torn connection, a slow PUT) on segment or
-//! commit PUTs, either a few times (the retry loop should ride it out) or
-//! for the whole round (an outage: durable requests should get 503). While it
+//! request that never answers, a torn connection, a slow PUT, a PUT that
+//! lands after the gateway gave up on it, for commit records with S3's 409
+//! for the retries meanwhile) on segment or commit PUTs, either a few times
+//! (the retry loop should ride it out) or for the whole round (an outage:
+//! durable requests should get 503). While it
 //! lasts, clients send durable and async requests of 1–5 events. Then the
 //! fault is cleared and one durable probe must get 200 within a bounded
 //! number of tries, on the same gateway (no restart). At the end the whole
@@ -212,11 +214,12 @@ fn clock_seed() -> u64 {
 
 /// A round's fault: what, where, and for how many requests.
 fn pick(rng: &mut Rng) -> (Fault, &'static str, u32) {
-    let fault = match rng.below(5) {
+    let fault = match rng.below(6) {
         0 => Fault::InternalError,
         1 => Fault::SlowDown,
         2 => Fault::Hang,
         3 => Fault::Torn,
+        4 => Fault::Late(Duration::from_millis(100 + rng.below(900))),
         _ => Fault::Delay(Duration::from_millis(50 + rng.below(350))),
     };
     let target = if rng.below(2) == 0 { "/data/" } else { "/log/" };
@@ -227,6 +230,18 @@ fn pick(rng: &mut Rng) -> (Fault, &'static str, u32) {
         1 + rng.below(5) as u32
     };
     (fault, target, times)
+}
+
+/// Inject a round's fault. A late commit-record PUT comes with what S3
+/// answers other creates of the key while it is in flight: 409s.
+fn inject(faulty: &FaultyStore, rng: &mut Rng) {
+    let (fault, target, times) = pick(rng);
+    if let (Fault::Late(_), "/log/") = (fault, target) {
+        faulty.inject(target, fault, 1);
+        faulty.inject(target, Fault::Conflict, 1 + rng.below(3) as u32);
+        return;
+    }
+    faulty.inject(target, fault, times);
 }
 
 /// The store a campaign runs on.
@@ -298,8 +313,7 @@ async fn campaign(
                 p.cut("PUT", target, cut, times);
             }
             _ => {
-                let (fault, target, times) = pick(rng);
-                faulty.inject(target, fault, times);
+                inject(&faulty, rng);
             }
         }
         traffic(&client, &gw, done, rng, &mut ledger).await;
