@@ -4,11 +4,13 @@
 //! operation ([`Op`]) and by a pattern the key contains (DESIGN §2 names:
 //! `/data/` segments, `/log/` commit records, `/consumers/` checkpoints,
 //! `/low/` watermarks), and give the next N of them a [`Fault`]: the errors
-//! S3 answers (500 `InternalError`, 503 `SlowDown`), a request that never
-//! answers (the caller's deadline cuts it), a torn connection (the write
-//! landed, the answer was lost), plain failures before or after the write,
-//! delays, and holds that park a request until [`FaultyStore::release`]:
-//! a crash point, when the test then kills the process holding it.
+//! S3 answers (500 `InternalError`, 503 `SlowDown`, 409
+//! `ConditionalRequestConflict`), a request that never answers (the
+//! caller's deadline cuts it), one that lands after the caller gave up, a
+//! torn connection (the store did the work, the answer was lost), plain
+//! failures before or after the write, delays, and holds that park a
+//! request until [`FaultyStore::release`]: a crash point, when the test
+//! then kills the process holding it.
 //!
 //! It never changes what a successful call returns, and it owns no retry or
 //! recovery: that is the code under test.
@@ -118,9 +120,10 @@ pub struct Counts {
 struct State {
     rules: Mutex<Vec<Rule>>,
     gate: Semaphore,
-    /// Requests parked by `Hold`/`HoldAfter` so far, and a bell for each.
+    /// Requests parked by `Hold`/`HoldAfter` so far; `bell` rings for each,
+    /// and for each finished `Late` write.
     held: AtomicU64,
-    held_bell: Notify,
+    bell: Notify,
     /// `Late` writes finished so far (landed or refused).
     late: AtomicU64,
     injected: Mutex<BTreeMap<&'static str, u64>>,
@@ -142,7 +145,7 @@ impl FaultyStore {
                 rules: Mutex::new(Vec::new()),
                 gate: Semaphore::new(0),
                 held: AtomicU64::new(0),
-                held_bell: Notify::new(),
+                bell: Notify::new(),
                 late: AtomicU64::new(0),
                 injected: Mutex::new(BTreeMap::new()),
             }),
@@ -189,7 +192,7 @@ impl FaultyStore {
     }
 
     async fn wait_count(&self, count: &AtomicU64, n: u64, limit: Duration) -> bool {
-        let bell = &self.state.held_bell;
+        let bell = &self.state.bell;
         let reached = async {
             loop {
                 let rung = bell.notified();
@@ -248,7 +251,7 @@ impl State {
 
     async fn hold(&self) {
         self.held.fetch_add(1, Ordering::SeqCst);
-        self.held_bell.notify_waiters();
+        self.bell.notify_waiters();
         // Closed only if the store is dropped; then just go on.
         let _permit = self.gate.acquire().await;
     }
@@ -361,7 +364,7 @@ impl ObjectStore for FaultyStore {
                 tokio::time::sleep(d).await;
                 let _ = inner.put_opts(&location, payload, opts).await;
                 state.late.fetch_add(1, Ordering::SeqCst);
-                state.held_bell.notify_waiters();
+                state.bell.notify_waiters();
             });
             return std::future::pending().await;
         }
