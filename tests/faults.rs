@@ -261,7 +261,8 @@ async fn fault_round(seed_store: Store, store: Store, fault: &dyn Injector, outa
     let mut l = Ledger::default();
     seed(seed_store.clone(), 2, &mut l).await;
     let mut config = one_partition();
-    config.batch.ack_timeout_ms = 1_000;
+    // An outage answers 503 after this; a passing fault must not come near it.
+    config.batch.ack_timeout_ms = if outage { 1_000 } else { 5_000 };
     let gw = TestGateway::start(config, store).await;
     let client = reqwest::Client::new();
 
@@ -437,7 +438,9 @@ async fn crash_in_commit(
     let faulty = Arc::new(FaultyStore::new(place.client()));
     faulty.inject(pattern, fault, 1);
     let mut config = one_partition();
-    config.batch.max_age_ms = 100;
+    // The async event and the durable one fill a segment together.
+    config.batch.max_events = 2;
+    config.batch.max_age_ms = 60_000;
     let gw = TestGateway::start_killable(config, place.store_of(faulty.clone())).await;
     let client = reqwest::Client::new();
     post_async(&client, &gw, "doomed-async", &mut l).await;

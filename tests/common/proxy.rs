@@ -23,8 +23,8 @@ use tokio::sync::watch;
 /// Where a matched request's connection is cut.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cut {
-    /// Pass half of the request's first chunk on, then close: the server
-    /// never gets the whole request.
+    /// Pass at most half of the request's first chunk on, then close: the
+    /// server never gets the whole request.
     MidRequest,
     /// Pass the request on, wait for the server's first answer byte, then
     /// close without passing it back: the request landed, the client
@@ -162,11 +162,12 @@ async fn requests(
             Some(Cut::MidRequest) => n / 2,
             _ => n,
         };
-        if to.write_all(&buf[..pass]).await.is_err() {
-            return;
-        }
+        // Armed before the request goes on, so its answer cannot slip past.
         if cut.is_some() {
             armed.send_replace(cut);
+        }
+        if to.write_all(&buf[..pass]).await.is_err() {
+            return;
         }
         if cut == Some(Cut::MidRequest) {
             return;
