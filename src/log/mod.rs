@@ -214,7 +214,7 @@ impl Log {
                 .await
             {
                 Ok(()) => record,
-                Err(object_store::Error::AlreadyExists { .. }) => {
+                Err(source @ object_store::Error::AlreadyExists { .. }) => {
                     let Some(winner) = self.record(stream, partition, head.next_seq).await? else {
                         // Deleted since it was reported: a collector passed this seq.
                         if self
@@ -225,9 +225,15 @@ impl Log {
                             *guard = Some(head);
                             continue;
                         }
-                        return Err(LogError::Corrupt {
-                            key: stream.record(partition, head.next_seq).to_string(),
-                            reason: "reported as existing but not found".into(),
+                        // Not there (yet): S3 answers 409 ConditionalRequestConflict,
+                        // which object_store reports as `AlreadyExists`, while
+                        // another create of the key is in flight, perhaps this
+                        // segment's own earlier attempt that timed out here and
+                        // still lands. Retry this seq later; never another
+                        // partition, or the segment could be committed twice.
+                        return Err(LogError::Unavailable {
+                            op: "put_record",
+                            source,
                         });
                     };
                     if stem(&winner.segment) != stem(&relative) {

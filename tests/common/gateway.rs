@@ -18,6 +18,63 @@ pub struct TestGateway {
     pub store: Store,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
+    /// Set by [`TestGateway::start_killable`]: the runtime it runs on.
+    process: Option<Process>,
+}
+
+/// A stand-in for an OS process: its own tokio runtime (one worker thread).
+/// [`Process::kill`] drops every task at once, as SIGKILL would: nothing
+/// drains, nothing flushes, every in-memory buffer and head is gone, and a
+/// store request parked by a `Fault::Hold` never completes.
+pub struct Process {
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Process {
+    pub fn new() -> Process {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        Process {
+            runtime: Some(runtime),
+        }
+    }
+
+    fn runtime(&self) -> &tokio::runtime::Runtime {
+        self.runtime.as_ref().unwrap()
+    }
+
+    /// Run `work` in this process.
+    pub fn spawn<F>(&self, work: F) -> JoinHandle<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.runtime().spawn(work)
+    }
+
+    /// Drop every task now, without waiting for any of them.
+    pub fn kill(mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl Default for Process {
+    fn default() -> Self {
+        Process::new()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 impl TestGateway {
@@ -34,7 +91,42 @@ impl TestGateway {
             store,
             stop: Some(stop),
             task: Some(task),
+            process: None,
         }
+    }
+
+    /// A gateway in its own [`Process`], so [`TestGateway::kill`] can crash it.
+    pub async fn start_killable(config: Config, store: Store) -> TestGateway {
+        let process = Process::new();
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        std_listener.set_nonblocking(true).unwrap();
+        let listener = {
+            let _inside = process.runtime().enter();
+            TcpListener::from_std(std_listener).unwrap()
+        };
+        let gateway = Gateway::with_store(config, store.clone(), listener);
+        let addr = gateway.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = process.spawn(gateway.run(async {
+            let _ = stopped.await;
+        }));
+        TestGateway {
+            addr,
+            store,
+            stop: Some(stop),
+            task: Some(task),
+            process: Some(process),
+        }
+    }
+
+    /// Crash a gateway from [`TestGateway::start_killable`]: no drain, no
+    /// flush; what it had buffered is gone, its connections are cut.
+    pub fn kill(mut self) {
+        if let Some(p) = self.process.take() {
+            p.kill();
+        }
+        // Dropping the sender would ask for a graceful stop: never send it.
+        std::mem::forget(self.stop.take());
     }
 
     pub fn url(&self, path: &str) -> String {
