@@ -16,6 +16,7 @@ use sluice::store::{Store, StoreKind};
 pub mod chromium;
 pub mod duckdb;
 pub mod gateway;
+pub mod process;
 
 /// A moto S3 server for this test binary; it stops when the binary exits
 /// (its wrapper shell waits on our stdin pipe, then kills moto).
