@@ -17,7 +17,7 @@
 //! - `SLUICE_CHAOS_ROUNDS` (full 100, smoke 5): kill + restart rounds per store.
 //! - `SLUICE_CHAOS_STORES` (default `moto,file`).
 //! - `SLUICE_CHAOS_SEED`: replay a run's kill choices and timing (printed at start).
-//! - `SLUICE_CHAOS_CLIENTS` (default 6): durable client tasks; 2 more send async.
+//! - `SLUICE_CHAOS_CLIENTS` (default 16): durable client tasks; 2 more send async.
 //! - `SLUICE_CHAOS_KILL_MS` (full `300..1500`, smoke `200..800`): the random
 //!   wait before each kill.
 //! - `SLUICE_CHAOS_MAX_SECS` (full 300, smoke 60): rounds stop early past this.
@@ -45,8 +45,8 @@ fn main() {
     for (i, store) in plan.stores.iter().enumerate() {
         let seed = plan.seed.wrapping_add(i as u64);
         rows.push(runtime.block_on(campaign::run(&plan, *store, seed)));
-        report::print(&rows);
     }
+    report::print(&rows);
     let failures: Vec<String> = rows.iter().flat_map(report::Row::failures).collect();
     if !failures.is_empty() {
         eprintln!("chaos: FAILED");
@@ -116,7 +116,7 @@ mod plan {
                 stores: stores(),
                 seed: env_parse("SLUICE_CHAOS_SEED").unwrap_or_else(clock_seed),
                 gateways: 3,
-                durable_clients: env_parse("SLUICE_CHAOS_CLIENTS").unwrap_or(6),
+                durable_clients: env_parse("SLUICE_CHAOS_CLIENTS").unwrap_or(16),
                 async_clients: 2,
                 kill_ms: kill_ms(full),
                 max_time: Duration::from_secs(
