@@ -183,7 +183,7 @@ mod plan {
 /// The gateways of one campaign, as the chaos loop owns them and as the
 /// clients see them (a name and URL per slot; none while a slot restarts).
 mod fleet {
-    use std::collections::HashMap;
+    use std::collections::{HashMap, HashSet};
     use std::sync::{Arc, Mutex};
     use std::time::{Duration, Instant};
 
@@ -209,6 +209,8 @@ mod fleet {
         /// Processes found dead before their kill (a crash).
         pub crashed: Vec<String>,
         started: usize,
+        /// Every address a gateway of this fleet listened on.
+        addrs: HashSet<String>,
     }
 
     impl Fleet {
@@ -221,6 +223,7 @@ mod fleet {
                 kills: HashMap::new(),
                 crashed: Vec::new(),
                 started: 0,
+                addrs: HashSet::new(),
             };
             for _ in 0..count {
                 let gw = fleet.spawn();
@@ -230,10 +233,19 @@ mod fleet {
             fleet
         }
 
+        /// A new gateway on an address no earlier one had: a request a
+        /// client aimed at a killed gateway must not reach its successor
+        /// (its answer would be credited to the wrong process).
         fn spawn(&mut self) -> Gateway {
-            let name = format!("gw{}", self.started);
-            self.started += 1;
-            Gateway::spawn(&name, &self.env, Some(&self.config))
+            for _ in 0..10 {
+                let name = format!("gw{}", self.started);
+                self.started += 1;
+                let gw = Gateway::spawn(&name, &self.env, Some(&self.config));
+                if self.addrs.insert(gw.addr.clone()) {
+                    return gw;
+                }
+            }
+            panic!("10 gateways in a row got a port an earlier one had");
         }
 
         /// SIGKILL the gateway in `slot` and start a new one in its place.
