@@ -1,279 +1,32 @@
 //! Real gateway processes on one moto bucket: several writers sharing a log,
 //! SIGKILL and restart, SIGTERM under load. Every acked event must be in the
 //! log exactly once, at the offset its ack named; the log must stay dense.
+//! The processes and the verifier live in `common::process` (the kill -9
+//! campaign, `benches/chaos.rs`, uses them too).
 
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
-use std::thread::JoinHandle;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-use sluice::log::retry::RetryPolicy;
-use sluice::log::Log;
-use sluice::store::{Store, StoreKind};
+use common::process::{
+    audit, bucket_store, client, event, heads, read_log, Gateway, LogView, Outcome, Sent,
+};
 
-const STREAM: &str = "clicks";
 /// Partitions of a stream (the gateway's default).
 const DEFAULT_PARTITIONS: u32 = 4;
-const START_LIMIT: Duration = Duration::from_secs(30);
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-
-// ---------------------------------------------------------------------------
-// Gateway processes
-// ---------------------------------------------------------------------------
-
-/// A running `sluice serve`; killed (SIGKILL) when dropped.
-struct Gateway {
-    name: String,
-    child: Child,
-    addr: String,
-    stderr: Arc<Mutex<Vec<u8>>>,
-    stderr_thread: Option<JoinHandle<()>>,
-    _config: Option<tempfile::NamedTempFile>,
-}
-
-impl Gateway {
-    /// Spawn a gateway on `bucket` with the default configuration.
-    fn start(name: &str, bucket: &str) -> Gateway {
-        Gateway::start_with(name, bucket, None)
-    }
-
-    /// Spawn a gateway on `bucket` (with `toml` as its config file, if any)
-    /// and wait (bounded) for `listening on ADDR`.
-    fn start_with(name: &str, bucket: &str, toml: Option<&str>) -> Gateway {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
-        cmd.arg("serve");
-        // Nothing from the test's own environment may redirect the gateway.
-        for (k, _) in std::env::vars() {
-            if k.starts_with("AWS_") || k.starts_with("SLUICE_") {
-                cmd.env_remove(k);
-            }
-        }
-        let config = toml.map(|text| {
-            let mut f = tempfile::NamedTempFile::new().unwrap();
-            f.write_all(text.as_bytes()).unwrap();
-            f.flush().unwrap();
-            f
-        });
-        if let Some(f) = &config {
-            cmd.env("SLUICE_CONFIG", f.path());
-        }
-        cmd.envs(common::s3_env(bucket))
-            .env("SLUICE_LISTEN", "127.0.0.1:0")
-            .env("SLUICE_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("spawn the sluice binary");
-
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        let mut pipe = child.stderr.take().unwrap();
-        let sink = stderr.clone();
-        let stderr_thread = std::thread::spawn(move || {
-            let mut buf = [0u8; 8192];
-            while let Ok(n) = pipe.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock().unwrap().extend_from_slice(&buf[..n]);
-            }
-        });
-
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        // Keeps reading stdout for the child's whole life so it never blocks.
-        std::thread::spawn(move || {
-            let mut reader = BufReader::new(stdout);
-            let mut line = String::new();
-            let mut tx = Some(tx);
-            loop {
-                line.clear();
-                match reader.read_line(&mut line) {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => {
-                        if let Some(addr) = line.trim().strip_prefix("listening on ") {
-                            if let Some(tx) = tx.take() {
-                                let _ = tx.send(addr.to_string());
-                            }
-                        }
-                    }
-                }
-            }
-        });
-
-        let mut gw = Gateway {
-            name: name.to_string(),
-            child,
-            addr: String::new(),
-            stderr,
-            stderr_thread: Some(stderr_thread),
-            _config: config,
-        };
-        match rx.recv_timeout(START_LIMIT) {
-            Ok(addr) => gw.addr = addr,
-            Err(e) => {
-                gw.kill();
-                panic!(
-                    "gateway {name} did not print `listening on` ({e:?}); stderr:\n{}",
-                    gw.stderr()
-                );
-            }
-        }
-        gw
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}/v1/streams/{STREAM}/events", self.addr)
-    }
-
-    fn stderr(&self) -> String {
-        String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned()
-    }
-
-    /// SIGKILL and reap; waits for the stderr pipe to close (bounded by the kill).
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if let Some(t) = self.stderr_thread.take() {
-            let _ = t.join();
-        }
-    }
-
-    fn sigterm(&self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("run kill -TERM");
-        assert!(status.success(), "kill -TERM {} failed", self.child.id());
-    }
-
-    /// Poll (bounded) until the process exits.
-    async fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
-        let start = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                if let Some(t) = self.stderr_thread.take() {
-                    let _ = t.join();
-                }
-                return Some(status);
-            }
-            if start.elapsed() > limit {
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!(
-                "---- stderr of gateway {} ----\n{}",
-                self.name,
-                self.stderr()
-            );
-        }
-    }
-}
 
 // ---------------------------------------------------------------------------
 // Clients
 // ---------------------------------------------------------------------------
 
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(REQUEST_TIMEOUT)
-        .build()
-        .unwrap()
-}
-
-/// What a request got back.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Outcome {
-    /// 200: committed at `first_offset..` of `partition`.
-    Durable { partition: u32, first_offset: u64 },
-    /// 202: accepted, to be committed later.
-    Async,
-    /// Connection error or 503: nothing promised.
-    Failed(String),
-}
-
-/// One request: its events (id, exact JSON sent) and what it got.
-#[derive(Debug, Clone)]
-struct Sent {
-    gateway: String,
-    events: Vec<(String, String)>,
-    outcome: Outcome,
-}
-
 /// 1–5 distinct events with ids unique to (tag, task, request).
 fn events_for(tag: &str, task: usize, req: usize) -> Vec<(String, String)> {
     let n = (task * 7 + req * 3) % 5 + 1;
     (0..n)
-        .map(|k| {
-            let id = format!("{tag}-t{task}-r{req}-e{k}");
-            let raw = format!(r#"{{"id":"{id}","k":{k},"pad":"{}"}}"#, "x".repeat(k * 10));
-            (id, raw)
-        })
+        .map(|k| event(format!("{tag}-t{task}-r{req}-e{k}"), k))
         .collect()
-}
-
-async fn post(
-    client: &reqwest::Client,
-    url: &str,
-    events: &[(String, String)],
-    respond_async: bool,
-) -> Outcome {
-    let raws: Vec<&str> = events.iter().map(|(_, raw)| raw.as_str()).collect();
-    let body = format!("[{}]", raws.join(","));
-    let mut req = client
-        .post(url)
-        .header("content-type", "application/json")
-        .body(body);
-    if respond_async {
-        req = req.header("prefer", "respond-async");
-    }
-    let resp = match req.send().await {
-        Ok(r) => r,
-        Err(e) => return Outcome::Failed(format!("send: {e:?}")),
-    };
-    let status = resp.status().as_u16();
-    let bytes = match resp.bytes().await {
-        Ok(b) => b,
-        Err(e) => return Outcome::Failed(format!("{status}, body lost: {e:?}")),
-    };
-    let text = String::from_utf8_lossy(&bytes).into_owned();
-    match status {
-        200 | 202 => {
-            let v: Value = serde_json::from_slice(&bytes)
-                .unwrap_or_else(|e| panic!("{status} body is not JSON ({e}): {text}"));
-            assert_eq!(v["accepted"].as_u64(), Some(events.len() as u64), "{text}");
-            assert_eq!(v["rejected"].as_u64(), Some(0), "{text}");
-            if status == 200 {
-                assert!(!respond_async, "durable answer to an async request: {text}");
-                let partition = v["partition"].as_u64().expect("partition in a 200") as u32;
-                let first_offset = v["first_offset"].as_u64().expect("first_offset in a 200");
-                Outcome::Durable {
-                    partition,
-                    first_offset,
-                }
-            } else {
-                assert!(respond_async, "202 to a durable request: {text}");
-                assert!(v.get("first_offset").is_none(), "202 with offsets: {text}");
-                Outcome::Async
-            }
-        }
-        503 => Outcome::Failed(format!("503: {text}")),
-        other => panic!("unexpected status {other} from {url}: {text}"),
-    }
 }
 
 /// Counts successful answers so the test can act on progress, not on time.
@@ -341,13 +94,16 @@ impl Load {
                     Mode::Mixed => (task + req) % 2 == 1,
                     Mode::Async => true,
                 };
-                let outcome = post(&self.client, &self.url, &events, respond_async).await;
-                let failed = matches!(outcome, Outcome::Failed(_));
-                sent.push(Sent {
-                    gateway: self.gateway.clone(),
+                let one = Sent::post(
+                    &self.client,
+                    &self.gateway,
+                    &self.url,
                     events,
-                    outcome,
-                });
+                    respond_async,
+                )
+                .await;
+                let failed = matches!(one.outcome, Outcome::Failed(_));
+                sent.push(one);
                 if !failed {
                     if let Some(p) = &self.progress {
                         p.send_modify(|n| *n += 1);
@@ -409,225 +165,14 @@ fn summary(sent: &[Sent]) -> String {
 }
 
 // ---------------------------------------------------------------------------
-// Reading the log back
+// Checking the log
 // ---------------------------------------------------------------------------
-
-/// Where one event sits in the log, and its bytes as stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Place {
-    partition: u32,
-    offset: u64,
-    raw: String,
-}
-
-/// The whole stream as read with the library reader.
-struct LogView {
-    by_id: HashMap<String, Vec<Place>>,
-    heads: Vec<u64>,
-    total: u64,
-}
-
-/// The event bytes inside an envelope line `{"received_at":"…","event":…}`.
-fn event_of(line: &[u8]) -> String {
-    let s = std::str::from_utf8(line).expect("envelope is UTF-8");
-    let marker = ",\"event\":";
-    let start = s
-        .find(marker)
-        .unwrap_or_else(|| panic!("not an envelope: {s}"))
-        + marker.len();
-    assert!(s.ends_with('}'), "not an envelope: {s}");
-    s[start..s.len() - 1].to_string()
-}
-
-fn reader_log(bucket: &str) -> Log {
-    let store = Store::from_parts(common::s3_client(bucket), "root", StoreKind::S3);
-    Log::new(store, "reader", RetryPolicy::default())
-}
-
-/// Head of every partition (offsets), as the reader sees it now.
-async fn heads(bucket: &str, partitions: u32) -> Vec<u64> {
-    let log = reader_log(bucket);
-    let s = log.stream("default", STREAM);
-    let mut out = Vec::new();
-    for p in 0..partitions {
-        out.push(log.head(&s, p).await.unwrap().next_offset);
-    }
-    out
-}
-
-/// Read every partition from 0 to its head, checking density on the way.
-async fn read_log(bucket: &str, partitions: u32) -> LogView {
-    let log = reader_log(bucket);
-    let s = log.stream("default", STREAM);
-    let mut view = LogView {
-        by_id: HashMap::new(),
-        heads: Vec::new(),
-        total: 0,
-    };
-    for p in 0..partitions {
-        let head = log.head(&s, p).await.unwrap();
-        // Commit records chain: seqs dense from 0, each starting where the last ended.
-        let mut expect = 0u64;
-        for seq in 0..head.next_seq {
-            let r = log
-                .record(&s, p, seq)
-                .await
-                .unwrap()
-                .unwrap_or_else(|| panic!("partition {p}: seq {seq} missing below the head"));
-            assert_eq!(
-                r.first_offset, expect,
-                "partition {p} seq {seq}: record starts at {} but the previous ended at {expect}",
-                r.first_offset
-            );
-            assert!(r.count > 0, "partition {p} seq {seq}: empty record");
-            expect = r.next_offset();
-        }
-        assert_eq!(expect, head.next_offset, "partition {p}: head offset");
-
-        // Events: dense from 0 to the head.
-        let mut offset = 0u64;
-        let mut rounds = 0;
-        while offset < head.next_offset {
-            rounds += 1;
-            assert!(rounds <= 100_000, "partition {p}: read loop does not end");
-            let batch = log.read(&s, p, offset, 500).await.unwrap();
-            assert_eq!(batch.first_offset, offset, "partition {p}");
-            assert!(
-                !batch.events.is_empty(),
-                "partition {p}: nothing readable at {offset} below head {}",
-                head.next_offset
-            );
-            assert_eq!(
-                batch.next_offset,
-                offset + batch.events.len() as u64,
-                "partition {p}: next_offset does not chain"
-            );
-            for (i, line) in batch.events.iter().enumerate() {
-                let envelope: Value = serde_json::from_slice(line).unwrap_or_else(|e| {
-                    panic!("partition {p}: envelope is not JSON ({e}): {line:?}")
-                });
-                let id = envelope["event"]["id"]
-                    .as_str()
-                    .unwrap_or_else(|| panic!("event without id: {envelope}"))
-                    .to_string();
-                view.by_id.entry(id).or_default().push(Place {
-                    partition: p,
-                    offset: offset + i as u64,
-                    raw: event_of(line),
-                });
-            }
-            offset = batch.next_offset;
-        }
-        assert_eq!(offset, head.next_offset, "partition {p}");
-        let past = log.read(&s, p, head.next_offset, 10).await.unwrap();
-        assert!(
-            past.events.is_empty(),
-            "partition {p}: events past the head"
-        );
-        view.total += head.next_offset;
-        view.heads.push(head.next_offset);
-    }
-    // Nothing beyond the configured partitions.
-    let beyond = log.head(&s, partitions).await.unwrap();
-    assert_eq!(beyond.next_seq, 0, "records in partition {partitions}");
-    view
-}
 
 /// The checks every test shares. Returns the acked (partition, offset) pairs.
 fn verify(sent: &[Sent], view: &LogView) -> HashSet<(u32, u64)> {
-    let read: u64 = view.by_id.values().map(|v| v.len() as u64).sum();
-    assert_eq!(read, view.total, "events read != sum of heads");
-
-    // No id twice, and nothing in the log that was never sent.
-    let known: HashMap<&str, &str> = sent
-        .iter()
-        .flat_map(|s| s.events.iter().map(|(id, raw)| (id.as_str(), raw.as_str())))
-        .collect();
-    for (id, places) in &view.by_id {
-        assert_eq!(
-            places.len(),
-            1,
-            "id {id} is in the log more than once: {places:?}"
-        );
-        let raw = known
-            .get(id.as_str())
-            .unwrap_or_else(|| panic!("id {id} in the log was never sent"));
-        assert_eq!(
-            places[0].raw, *raw,
-            "id {id}: stored bytes differ from sent"
-        );
-    }
-
-    let mut acked = HashSet::new();
-    for s in sent {
-        let found: Vec<Option<&Place>> = s
-            .events
-            .iter()
-            .map(|(id, _)| view.by_id.get(id).map(|p| &p[0]))
-            .collect();
-        match &s.outcome {
-            Outcome::Durable {
-                partition,
-                first_offset,
-            } => {
-                for (k, ((id, _), place)) in s.events.iter().zip(&found).enumerate() {
-                    let want = (*partition, first_offset + k as u64);
-                    let place = place.unwrap_or_else(|| {
-                        panic!(
-                            "durably acked event {id} (via {}, ack {want:?}) is not in the log",
-                            s.gateway
-                        )
-                    });
-                    assert_eq!(
-                        (place.partition, place.offset),
-                        want,
-                        "acked event {id} (via {}) is not at its acked offset",
-                        s.gateway
-                    );
-                    assert!(acked.insert(want), "offset {want:?} acked twice");
-                }
-            }
-            Outcome::Async => {
-                for ((id, _), place) in s.events.iter().zip(&found) {
-                    assert!(
-                        place.is_some(),
-                        "event {id} got 202 via {} but is not in the log",
-                        s.gateway
-                    );
-                }
-                assert_contiguous(s, &found);
-            }
-            Outcome::Failed(_) => {
-                // Nothing promised, but a request's events land together or not at all.
-                let present = found.iter().filter(|p| p.is_some()).count();
-                assert!(
-                    present == 0 || present == found.len(),
-                    "request {:?} (failed via {}) is partly in the log: {found:?}",
-                    s.events.iter().map(|e| &e.0).collect::<Vec<_>>(),
-                    s.gateway
-                );
-                if present > 0 {
-                    assert_contiguous(s, &found);
-                }
-            }
-        }
-    }
-    acked
-}
-
-/// A request's events are one contiguous run of one partition, in order.
-fn assert_contiguous(s: &Sent, found: &[Option<&Place>]) {
-    let first = found[0].unwrap();
-    for (k, place) in found.iter().enumerate() {
-        let place = place.unwrap();
-        assert_eq!(
-            (place.partition, place.offset),
-            (first.partition, first.offset + k as u64),
-            "request {:?} via {} is not contiguous in the log",
-            s.events.iter().map(|e| &e.0).collect::<Vec<_>>(),
-            s.gateway
-        );
-    }
+    let audit = audit(sent, view);
+    audit.assert_clean(sent);
+    audit.acked
 }
 
 // ---------------------------------------------------------------------------
@@ -661,7 +206,7 @@ async fn three_gateways_share_one_bucket() {
         .count();
     assert_eq!(failed, 0, "requests failed: {}", summary(&sent));
 
-    let view = read_log(&bucket, partitions).await;
+    let view = read_log(&bucket_store(&bucket), partitions).await;
     let acked = verify(&sent, &view);
     let events: usize = sent.iter().map(|s| s.events.len()).sum();
     assert_eq!(acked.len(), events);
@@ -690,7 +235,7 @@ async fn sigkill_and_restart_carries_on() {
     a.kill();
     let mut sent = join_all(handles).await;
     eprintln!("sigkill: before restart {}", summary(&sent));
-    let before = heads(&bucket, DEFAULT_PARTITIONS).await;
+    let before = heads(&bucket_store(&bucket), DEFAULT_PARTITIONS).await;
 
     let b = Gateway::start("A'", &bucket);
     let after = join_all(Load::new(&client, &b, "kill-b", 10, Mode::Durable).spawn(8)).await;
@@ -720,7 +265,7 @@ async fn sigkill_and_restart_carries_on() {
     }
     sent.extend(after);
 
-    let view = read_log(&bucket, DEFAULT_PARTITIONS).await;
+    let view = read_log(&bucket_store(&bucket), DEFAULT_PARTITIONS).await;
     let acked = verify(&sent, &view);
     let acked_events: usize = sent
         .iter()
@@ -792,7 +337,7 @@ async fn sigterm_under_load_loses_no_acked_event() {
     // shutdown flush alone, never by a durable request's segment.
     sent.extend(sigterm_round(&bucket, &client, "T2", Mode::Async, 60).await);
 
-    let view = read_log(&bucket, DEFAULT_PARTITIONS).await;
+    let view = read_log(&bucket_store(&bucket), DEFAULT_PARTITIONS).await;
     verify(&sent, &view);
     eprintln!("sigterm: heads {:?}, {:?}", view.heads, started.elapsed());
 }
