@@ -6,15 +6,16 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use common::process::Gateway;
 use serde_json::Value;
 
 const LIMIT: Duration = Duration::from_secs(60);
 
-/// A child process, killed when dropped.
+/// Prometheus, killed when dropped.
 struct Proc(Child);
 
 impl Drop for Proc {
@@ -24,26 +25,16 @@ impl Drop for Proc {
     }
 }
 
-/// `sluice serve` with a metrics listener; returns it with its two addresses.
-fn gateway(store: &std::path::Path, config: &std::path::Path) -> (Proc, String, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .arg("serve")
-        .env_clear()
-        .env("SLUICE_CONFIG", config)
-        .env("SLUICE_STORE", format!("file://{}", store.display()))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn sluice");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut line = |prefix: &str| {
-        let text = lines.next().expect("a line").expect("stdout");
-        text.strip_prefix(prefix).expect(prefix).to_string()
-    };
-    let addr = line("listening on ");
-    let metrics = line("metrics on ");
-    (Proc(child), addr, metrics)
+/// `sluice serve` on `store` with a metrics listener; it and its two addresses.
+fn gateway(name: &str, store: &std::path::Path) -> (Gateway, String, String) {
+    let env = [(
+        "SLUICE_STORE".to_string(),
+        format!("file://{}", store.display()),
+    )];
+    let toml = "metrics_listen = \"127.0.0.1:0\"\n[batch]\nmax_age_ms = 120000\n";
+    let mut gw = Gateway::spawn(name, &env, Some(toml));
+    let (addr, metrics) = (gw.addr.clone(), gw.metrics_addr());
+    (gw, addr, metrics)
 }
 
 /// Prometheus on a free port, scraping `targets` (pod name, address) every 200 ms.
@@ -156,12 +147,9 @@ async fn wait_for_query(base: &str, promql: &str, want: &[(String, f64)]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_sees_inflight_requests_per_pod_as_the_hpa_reads_them() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("sluice.toml");
-    let toml = "listen = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n[batch]\nmax_age_ms = 120000\n";
-    std::fs::write(&config, toml).unwrap();
     let store = dir.path().join("store");
-    let (_a, a, a_metrics) = gateway(&store, &config);
-    let (_b, b, b_metrics) = gateway(&store, &config);
+    let (_a, a, a_metrics) = gateway("a", &store);
+    let (_b, b, b_metrics) = gateway("b", &store);
     let mut held = hold(&a, 3);
     held.extend(hold(&b, 5));
     wait_for_inflight(&a_metrics, 3.0).await;

@@ -2,6 +2,8 @@
 
 mod common;
 
+use common::process::Gateway;
+
 use std::process::{Command, Stdio};
 
 fn serve_with(env: &[(&str, &str)]) -> (bool, String) {
@@ -98,45 +100,39 @@ fn check_config_validates_file_and_environment_without_serving() {
     assert!(!ok && err.contains("max_agee_ms"), "{err}");
 }
 
+/// `(name, value)` pairs as `Gateway::spawn` takes them.
+fn owned<const N: usize>(env: [(&str, String); N]) -> Vec<(String, String)> {
+    env.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+}
+
+/// Send `request` (with `Connection: close`) to `addr`; the whole answer.
+fn exchange(addr: &str, request: &str) -> String {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    conn.write_all(request.as_bytes()).unwrap();
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).unwrap();
+    answer
+}
+
 /// `SLUICE_LOG_FORMAT=json`: one JSON object a line on stderr, and a refused
 /// request's line carries the id the client got in `X-Request-Id` and in
 /// the problem body.
 #[test]
 fn json_logs_carry_the_request_id_of_each_error() {
-    use std::io::{BufRead, BufReader, Read, Write};
     let data = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .arg("serve")
-        .env("SLUICE_LISTEN", "127.0.0.1:0")
-        .env("SLUICE_STORE", format!("file://{}", data.path().display()))
-        .env("SLUICE_LOG_FORMAT", "json")
-        .env("SLUICE_LOG", "info")
-        .env_remove("SLUICE_CONFIG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap()
-        .to_string();
-
-    let mut conn = std::net::TcpStream::connect(&addr).unwrap();
+    let env = [
+        ("SLUICE_STORE", format!("file://{}", data.path().display())),
+        ("SLUICE_LOG_FORMAT", "json".to_string()),
+    ];
+    let mut gw = Gateway::spawn("json", &owned(env), None);
     let body = "{not json";
-    write!(
-        conn,
-        "POST /v1/streams/clicks/events HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+    let post = format!(
+        "POST /v1/streams/clicks/events HTTP/1.1\r\nHost: sluice\r\nContent-Type: application/json\r\n\
          X-Request-Id: client-id-42\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
-    )
-    .unwrap();
-    let mut answer = String::new();
-    conn.read_to_string(&mut answer).unwrap();
+    );
+    let answer = exchange(&gw.addr, &post);
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
     assert!(
         answer
@@ -149,15 +145,8 @@ fn json_logs_carry_the_request_id_of_each_error() {
         "{answer}"
     );
 
-    let _ = child.kill();
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
-    let _ = child.wait();
+    gw.kill();
+    let stderr = gw.stderr();
     let lines: Vec<serde_json::Value> = stderr
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
@@ -174,7 +163,6 @@ fn json_logs_carry_the_request_id_of_each_error() {
 /// listener with nothing to serve is a startup error.
 #[test]
 fn metrics_off_answers_404_and_refuses_a_metrics_listener() {
-    use std::io::{BufRead, BufReader, Read, Write};
     let data = tempfile::tempdir().unwrap();
     let store = format!("file://{}", data.path().display());
     let (ok, err) = serve_with(&[
@@ -185,36 +173,11 @@ fn metrics_off_answers_404_and_refuses_a_metrics_listener() {
     assert!(!ok);
     assert!(err.contains("metrics_listen"), "{err}");
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .arg("serve")
-        .env("SLUICE_LISTEN", "127.0.0.1:0")
-        .env("SLUICE_STORE", &store)
-        .env("SLUICE_METRICS", "false")
-        .env_remove("SLUICE_CONFIG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap()
-        .to_string();
-    let mut conn = std::net::TcpStream::connect(&addr).unwrap();
-    write!(
-        conn,
-        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut answer = String::new();
-    conn.read_to_string(&mut answer).unwrap();
-    let _ = child.kill();
-    let _ = child.wait();
+    let env = [("SLUICE_STORE", store), ("SLUICE_METRICS", "false".into())];
+    let gw = Gateway::spawn("metrics-off", &owned(env), None);
+    let get = "GET /metrics HTTP/1.1\r\nHost: sluice\r\nConnection: close\r\n\r\n";
+    let answer = exchange(&gw.addr, get);
+    drop(gw);
     assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
     assert!(answer.contains("urn:sluice:problem:not-found"), "{answer}");
     assert!(answer.contains("metrics = false"), "{answer}");

@@ -32,6 +32,8 @@ pub struct Gateway {
     pub name: String,
     pub addr: String,
     child: Child,
+    /// stdout's lines after `listening on` (e.g. `metrics on ADDR`).
+    stdout: Mutex<mpsc::Receiver<String>>,
     stderr: Arc<Mutex<Vec<u8>>>,
     stderr_thread: Option<JoinHandle<()>>,
     _config: Option<tempfile::NamedTempFile>,
@@ -56,26 +58,46 @@ impl Gateway {
         let mut child = cmd.spawn().expect("spawn the sluice binary");
         let stderr = Arc::new(Mutex::new(Vec::new()));
         let stderr_thread = collect(child.stderr.take().unwrap(), stderr.clone());
-        let listening = watch_stdout(child.stdout.take().unwrap());
+        let stdout = watch_stdout(child.stdout.take().unwrap());
         let mut gw = Gateway {
             name: name.to_string(),
             child,
             addr: String::new(),
+            stdout: Mutex::new(stdout),
             stderr,
             stderr_thread: Some(stderr_thread),
             _config: config,
         };
-        match listening.recv_timeout(START_LIMIT) {
-            Ok(addr) => gw.addr = addr,
-            Err(e) => {
-                gw.kill();
-                panic!(
-                    "gateway {name} did not print `listening on` ({e:?}); stderr:\n{}",
-                    gw.stderr()
-                );
+        gw.addr = gw.printed("listening on ");
+        gw
+    }
+
+    /// The address of the metrics listener (`metrics_listen` must be set).
+    pub fn metrics_addr(&mut self) -> String {
+        self.printed("metrics on ")
+    }
+
+    /// The rest of the next stdout line that starts with `prefix` (bounded wait).
+    fn printed(&mut self, prefix: &str) -> String {
+        let deadline = Instant::now() + START_LIMIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self.stdout.lock().unwrap().recv_timeout(left);
+            match line {
+                Ok(line) => match line.strip_prefix(prefix) {
+                    Some(rest) => return rest.to_string(),
+                    None => continue,
+                },
+                Err(e) => {
+                    self.kill();
+                    panic!(
+                        "gateway {} did not print `{prefix}…` ({e:?}); stderr:\n{}",
+                        self.name,
+                        self.stderr()
+                    );
+                }
             }
         }
-        gw
     }
 
     pub fn url(&self) -> String {
@@ -181,19 +203,14 @@ fn collect(mut pipe: impl Read + Send + 'static, sink: Arc<Mutex<Vec<u8>>>) -> J
     })
 }
 
-/// Sends the address of the first `listening on ADDR` line, and keeps
-/// reading stdout for the child's whole life so it never blocks.
+/// Sends stdout's lines, and keeps reading it for the child's whole life
+/// so it never blocks.
 fn watch_stdout(stdout: impl Read + Send + 'static) -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
-        let mut tx = Some(tx);
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
-            if let Some(addr) = line.trim().strip_prefix("listening on ") {
-                if let Some(tx) = tx.take() {
-                    let _ = tx.send(addr.to_string());
-                }
-            }
+            let _ = tx.send(line.trim().to_string());
         }
     });
     rx
