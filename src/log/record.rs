@@ -27,6 +27,20 @@ pub struct CommitRecord {
 }
 
 impl CommitRecord {
+    /// A record from the bytes of its object. Besides the JSON shape, its
+    /// offsets must fit in a `u64` (`first_offset + count`): every reader
+    /// computes the next offset from them. The error says what is wrong.
+    pub fn parse(bytes: &[u8]) -> Result<CommitRecord, String> {
+        let record: CommitRecord = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        if record.first_offset.checked_add(record.count).is_none() {
+            return Err(format!(
+                "first_offset {} + count {} is past the largest offset",
+                record.first_offset, record.count
+            ));
+        }
+        Ok(record)
+    }
+
     /// Offset one past the last event of this record.
     pub fn next_offset(&self) -> u64 {
         self.first_offset + self.count
