@@ -43,7 +43,7 @@ for t in "${targets[@]}"; do
     -max_total_time="$seconds" -print_final_stats=1 >"$log" 2>&1 || status=$?
   runs=$(sed -n 's/^Done \([0-9]*\) runs.*/\1/p' "$log" | tail -1)
   per_s=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -1)
-  corpus=$(grep -o 'corp: [0-9]*' "$log" | tail -1 | cut -d' ' -f2)
+  corpus=$( (grep -o 'corp: [0-9]*' "$log" || true) | tail -1 | cut -d' ' -f2)
   crashes=$(find "artifacts/$t" -type f -newer "$log.start" 2>/dev/null | wc -l || true)
   if [ "$status" -ne 0 ]; then
     failed=1

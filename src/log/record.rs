@@ -98,3 +98,22 @@ impl StreamPath {
 pub fn seq_of(key: &Path) -> Option<u64> {
     key.filename()?.strip_suffix(".json")?.parse().ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_refuses_offsets_past_u64() {
+        let record = |first: u64, count: u64| {
+            format!(
+                r#"{{"segment":"data/x.ndjson.zst","first_offset":{first},"count":{count},"bytes":1,"stored_bytes":1,"min_received_at":"","max_received_at":"","writer":"w"}}"#
+            )
+        };
+        let ok = CommitRecord::parse(record(u64::MAX - 1, 1).as_bytes()).unwrap();
+        assert_eq!(ok.next_offset(), u64::MAX);
+        let err = CommitRecord::parse(record(u64::MAX, 1).as_bytes()).unwrap_err();
+        assert!(err.contains("past the largest offset"), "{err}");
+        assert!(CommitRecord::parse(b"{}").is_err());
+    }
+}
