@@ -18,7 +18,8 @@
 //! Beside the path: [`config`] (settings), [`tenants`] (each tenant's
 //! streams and their settings), [`error`] (problem+json),
 //! [`metrics`] (the Prometheus recorder), [`names`] (safe key names),
-//! [`faults`] (a fault-injecting store for tests), and the command-line
+//! [`faults`] (a fault-injecting store for tests), `fuzzing` (entry points
+//! for the fuzz targets in `fuzz/`), and the command-line
 //! clients [`tail`] and [`replay`] (dead letters back into their stream).
 
 pub mod auth;
@@ -30,6 +31,8 @@ pub mod consume;
 pub mod decode;
 pub mod error;
 pub mod faults;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gc;
 pub mod ingest;
 pub mod limit;

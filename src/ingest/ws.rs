@@ -174,37 +174,55 @@ struct Envelope<'a> {
 
 /// The ack (or error) frame for one text frame.
 async fn answer(app: &Arc<App>, target: Target<'_>, text: Bytes, frame: u64, mode: Mode) -> String {
-    let (id, events) = if mode.envelope {
-        match serde_json::from_slice::<Envelope>(&text) {
-            Ok(e) => (
-                e.id.map(|i| i.get().to_string()),
-                slice(&text, e.events.get()),
-            ),
-            Err(e) => {
-                let p = Problem::new(
-                    ProblemType::BadEnvelope,
-                    format!("with envelope=true a frame is {{\"id\":…,\"events\":[…]}}: {e}"),
-                );
-                return frame_error(frame, None, &p);
-            }
-        }
-    } else {
-        (None, text)
+    let unwrapped = match unwrap_frame(text, mode.envelope) {
+        Ok(u) => u,
+        Err(p) => return frame_error(frame, None, &p),
     };
-    let format = frame_format(&events);
+    let id = unwrapped.id.as_deref();
     match ingest_bytes(
         app,
         target,
-        events,
-        format,
+        unwrapped.events,
+        unwrapped.format,
         Encoding::Identity,
         mode.durable,
     )
     .await
     {
-        Ok(accepted) => frame_ack(frame, id.as_deref(), &accepted),
-        Err(p) => frame_error(frame, id.as_deref(), &p),
+        Ok(accepted) => frame_ack(frame, id, &accepted),
+        Err(p) => frame_error(frame, id, &p),
     }
+}
+
+/// A text frame's events, ready for [`ingest_bytes`].
+#[derive(Debug)]
+pub(crate) struct Unwrapped {
+    /// The client's `"id"` (raw JSON), with `?envelope=true`.
+    pub id: Option<String>,
+    /// The events' bytes: a slice of the frame.
+    pub events: Bytes,
+    pub format: Format,
+}
+
+/// Take a text frame apart: with `envelope`, `{"id":…,"events":[…]}`
+/// (else 400 `bad-envelope`); without, the whole frame is the events.
+pub(crate) fn unwrap_frame(text: Bytes, envelope: bool) -> Result<Unwrapped, Problem> {
+    let (id, events) = if envelope {
+        let e = serde_json::from_slice::<Envelope>(&text).map_err(|e| {
+            Problem::new(
+                ProblemType::BadEnvelope,
+                format!("with envelope=true a frame is {{\"id\":…,\"events\":[…]}}: {e}"),
+            )
+        })?;
+        (
+            e.id.map(|i| i.get().to_string()),
+            slice(&text, e.events.get()),
+        )
+    } else {
+        (None, text)
+    };
+    let format = frame_format(&events);
+    Ok(Unwrapped { id, events, format })
 }
 
 /// An array or a single-line object is JSON; several lines are NDJSON.

@@ -43,9 +43,9 @@ impl Log {
         let Some((body, meta)) = got else {
             return Ok(None);
         };
-        let record = serde_json::from_slice(&body).map_err(|e| LogError::Corrupt {
+        let record = CommitRecord::parse(&body).map_err(|reason| LogError::Corrupt {
             key: key.to_string(),
-            reason: e.to_string(),
+            reason,
         })?;
         Ok(Some(Committed {
             seq,

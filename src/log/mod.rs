@@ -378,11 +378,11 @@ impl Log {
                 })
             }
         };
-        serde_json::from_slice(&body)
+        CommitRecord::parse(&body)
             .map(Some)
-            .map_err(|e| LogError::Corrupt {
+            .map_err(|reason| LogError::Corrupt {
                 key: key.to_string(),
-                reason: e.to_string(),
+                reason,
             })
     }
 

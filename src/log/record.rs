@@ -27,6 +27,20 @@ pub struct CommitRecord {
 }
 
 impl CommitRecord {
+    /// A record from the bytes of its object. Besides the JSON shape, its
+    /// offsets must fit in a `u64` (`first_offset + count`): every reader
+    /// computes the next offset from them. The error says what is wrong.
+    pub fn parse(bytes: &[u8]) -> Result<CommitRecord, String> {
+        let record: CommitRecord = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        if record.first_offset.checked_add(record.count).is_none() {
+            return Err(format!(
+                "first_offset {} + count {} is past the largest offset",
+                record.first_offset, record.count
+            ));
+        }
+        Ok(record)
+    }
+
     /// Offset one past the last event of this record.
     pub fn next_offset(&self) -> u64 {
         self.first_offset + self.count
@@ -83,4 +97,23 @@ impl StreamPath {
 /// Seq of a record key's file name (`00000000000000000042.json` → 42).
 pub fn seq_of(key: &Path) -> Option<u64> {
     key.filename()?.strip_suffix(".json")?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_refuses_offsets_past_u64() {
+        let record = |first: u64, count: u64| {
+            format!(
+                r#"{{"segment":"data/x.ndjson.zst","first_offset":{first},"count":{count},"bytes":1,"stored_bytes":1,"min_received_at":"","max_received_at":"","writer":"w"}}"#
+            )
+        };
+        let ok = CommitRecord::parse(record(u64::MAX - 1, 1).as_bytes()).unwrap();
+        assert_eq!(ok.next_offset(), u64::MAX);
+        let err = CommitRecord::parse(record(u64::MAX, 1).as_bytes()).unwrap_err();
+        assert!(err.contains("past the largest offset"), "{err}");
+        assert!(CommitRecord::parse(b"{}").is_err());
+    }
 }
