@@ -68,7 +68,7 @@
 //!   each plain gateway POST scenario, as fractions of its closed-loop req/s;
 //!   `SLUICE_LOAD_OPEN_SECS` (default 5) measured and
 //!   `SLUICE_LOAD_OPEN_WARMUP_SECS` (default 1) warm-up seconds per step.
-//! - `SLUICE_LOAD_ROUNDS` (default 1 [3, for the metrics-cost pair only]):
+//! - `SLUICE_LOAD_ROUNDS` (default 1 [5, for the metrics-cost pair only]):
 //!   rounds, alternating order.
 //! - `SLUICE_LOAD_CONNS_<SCENARIO>`, e.g. `SLUICE_LOAD_CONNS_DURABLE_1=2000`; a
 //!   variant without its own takes its twin's (`…_DURABLE_1`).

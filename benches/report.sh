@@ -3,7 +3,7 @@
 # harness, then runs the report matrix (benches/load.rs, SLUICE_LOAD_REPORT;
 # ~12 minutes on the 2-core VM). Knobs, all optional, are the harness's:
 # SLUICE_LOAD_SECS (5), SLUICE_LOAD_WARMUP_SECS (2), SLUICE_LOAD_OPEN
-# (0.5,0.8,0.95), SLUICE_LOAD_OPEN_SECS (5), SLUICE_LOAD_ROUNDS (3),
+# (0.5,0.8,0.95), SLUICE_LOAD_OPEN_SECS (5), SLUICE_LOAD_ROUNDS (5),
 # SLUICE_LOAD_STORES (file,moto), SLUICE_LOAD_PROFILES (default,low-latency),
 # SLUICE_LOAD_ONLY, SLUICE_LOAD_CONNS_<SCENARIO>.
 set -euo pipefail

@@ -315,7 +315,7 @@ pub fn full() -> Plan {
 /// store and moto, default and low-latency profiles, each gateway row
 /// followed by open-loop steps at 50, 80 and 95 % of its peak), then
 /// `durable-100` and `durable-100-nometrics` alternating for
-/// `SLUICE_LOAD_ROUNDS` (default 3) rounds. Each default can be overridden
+/// `SLUICE_LOAD_ROUNDS` (default 5) rounds. Each default can be overridden
 /// by the variable `full` reads.
 pub fn report() -> Plan {
     let only = selected_names();
@@ -344,7 +344,7 @@ pub fn report() -> Plan {
             },
             Pass {
                 groups: twins.collect(),
-                rounds: rounds(3),
+                rounds: rounds(5),
             },
         ],
         reads: Vec::new(),
