@@ -27,6 +27,8 @@ pub struct Row {
     pub tally: Tally,
     /// Store requests by `op` in the measured window (gateways with metrics).
     pub store: Option<BTreeMap<String, u64>>,
+    /// CPU seconds (user + system) the server process used in the window.
+    pub server_cpu_secs: Option<f64>,
     pub peak_rss_kib: Option<u64>,
     pub open: Vec<OpenStep>,
     pub peak_rss_after_open_kib: Option<u64>,
@@ -95,6 +97,13 @@ impl Row {
         Some(requests as f64 * 1e6 / events as f64)
     }
 
+    /// Server CPU microseconds per event acked in the window.
+    pub fn cpu_us_per_event(&self) -> Option<f64> {
+        let events = self.tally.ok * self.events_per_request;
+        let cpu = self.server_cpu_secs.filter(|_| events > 0)?;
+        Some(cpu * 1e6 / events as f64)
+    }
+
     /// S3 request cost in USD per million events at `PUT_PRICE_PER_1000`, `GET_PRICE_PER_1000`.
     pub fn dollars_per_million_events(&self) -> Option<f64> {
         let puts = self.per_million_events(RequestClass::Put)?;
@@ -140,19 +149,27 @@ pub struct TwinShare {
     pub name: &'static str,
     pub twin: &'static str,
     pub shares: Vec<f64>,
+    /// The same shares of events per server CPU-second (when both were sampled).
+    pub cpu_shares: Vec<f64>,
     pub non_2xx: u64,
     pub target_percent: u32,
 }
 
 impl TwinShare {
     pub fn median(&self) -> f64 {
-        let mut sorted = self.shares.clone();
-        sorted.sort_by(f64::total_cmp);
-        let mid = sorted.len() / 2;
-        match sorted.len() % 2 {
-            1 => sorted[mid],
-            _ => (sorted[mid - 1] + sorted[mid]) / 2.0,
+        median(&self.shares)
+    }
+
+    /// "; per server CPU-second: …" when every round sampled the CPU.
+    fn cpu_note(&self) -> String {
+        if self.cpu_shares.is_empty() || self.cpu_shares.len() != self.shares.len() {
+            return String::new();
         }
+        format!(
+            "; events per server CPU-second: {:.1} % (rounds: {} %)",
+            median(&self.cpu_shares) * 100.0,
+            percents(&self.cpu_shares)
+        )
     }
 
     pub fn is_metrics_cost(&self) -> bool {
@@ -163,14 +180,10 @@ impl TwinShare {
     pub fn line(&self) -> String {
         let rounds = match self.shares.len() {
             1 => String::new(),
-            n => {
-                let each: Vec<String> = self
-                    .shares
-                    .iter()
-                    .map(|s| format!("{:.1}", s * 100.0))
-                    .collect();
-                format!(" (median of {n} alternating rounds: {} %)", each.join(", "))
-            }
+            n => format!(
+                " (median of {n} alternating rounds: {} %)",
+                percents(&self.shares)
+            ),
         };
         let refused = match self.non_2xx {
             0 => String::new(),
@@ -180,8 +193,10 @@ impl TwinShare {
         let target = self.target_percent;
         if self.is_metrics_cost() {
             return format!(
-                "metrics cost: on = {median:.1} % of off (target ≥ {target} %){rounds}; events/s of {} ÷ {}{refused}",
-                self.twin, self.name
+                "metrics cost: on = {median:.1} % of off (target ≥ {target} %){rounds}; events/s of {} ÷ {}{}{refused}",
+                self.twin,
+                self.name,
+                self.cpu_note()
             );
         }
         let what = match self.target_percent {
@@ -214,6 +229,11 @@ pub fn twin_shares(rows: &[Row]) -> Vec<TwinShare> {
             continue;
         }
         let share = on.requests_per_sec() / off.requests_per_sec();
+        // Events per CPU-second: CPU per event, off over on.
+        let cpu_share = match (on.cpu_us_per_event(), off.cpu_us_per_event()) {
+            (Some(on), Some(off)) if on > 0.0 => Some(off / on),
+            _ => None,
+        };
         let found = shares
             .iter_mut()
             .find(|(pass, s)| *pass == row.pass && s.name == row.scenario.name);
@@ -225,6 +245,7 @@ pub fn twin_shares(rows: &[Row]) -> Vec<TwinShare> {
             }
         };
         entry.shares.push(share);
+        entry.cpu_shares.extend(cpu_share);
         entry.non_2xx += row.tally.non_2xx + plain.tally.non_2xx;
     }
     shares.into_iter().map(|(_, share)| share).collect()
@@ -247,9 +268,26 @@ fn new_share(row: &Row, plain: &Row) -> TwinShare {
         name: row.scenario.name,
         twin: plain.scenario.name,
         shares: Vec::new(),
+        cpu_shares: Vec::new(),
         non_2xx: 0,
         target_percent,
     }
+}
+
+pub fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let mid = sorted.len() / 2;
+    match sorted.len() % 2 {
+        1 => sorted[mid],
+        _ => (sorted[mid - 1] + sorted[mid]) / 2.0,
+    }
+}
+
+/// `0.97, 1.02` as `97.0, 102.0`.
+pub fn percents(shares: &[f64]) -> String {
+    let each: Vec<String> = shares.iter().map(|s| format!("{:.1}", s * 100.0)).collect();
+    each.join(", ")
 }
 
 pub fn print(plan: &super::plan::Plan, rows: &[Row]) {
@@ -263,9 +301,9 @@ pub fn print(plan: &super::plan::Plan, rows: &[Row]) {
     println!(
         "| scenario | store | profile | round | conns | req/s | events/s | MB/s | p50 ms | p99 ms | p99.9 ms \
          | non-2xx (503) | conn errors | ÷ ceiling-http | ÷ ceiling-parse-zstd | PUTs per M events \
-         | server peak RSS MiB |"
+         | server CPU µs/event | server peak RSS MiB |"
     );
-    println!("|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
+    println!("|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
     for row in rows {
         print_row(row, rows);
     }
@@ -289,7 +327,7 @@ fn print_row(row: &Row, rows: &[Row]) {
         false => (s.store.name(), s.profile.name()),
     };
     println!(
-        "| {} | {store} | {profile} | {} | {} | {:.0} | {:.0} | {:.1} | {} | {} | {} | {} ({}) | {} | {} | {} | {} | {} |",
+        "| {} | {store} | {profile} | {} | {} | {:.0} | {:.0} | {:.1} | {} | {} | {} | {} ({}) | {} | {} | {} | {} | {} | {} |",
         s.name,
         row.round + 1,
         s.conns,
@@ -305,6 +343,7 @@ fn print_row(row: &Row, rows: &[Row]) {
         optional(row.ceiling_ratio(rows, Target::CeilingHttp), 2),
         optional(row.ceiling_ratio(rows, Target::CeilingParseZstd), 2),
         optional(row.per_million_events(RequestClass::Put), 1),
+        optional(row.cpu_us_per_event(), 2),
         row.peak_rss(),
     );
 }

@@ -14,7 +14,7 @@ use super::moto::Moto;
 use super::open_loop::{self, Schedule};
 use super::plan::{Group, Plan, Scenario, Target};
 use super::report::{OpenStep, Row};
-use super::server::ServerProcess;
+use super::server::{self, ServerProcess};
 use super::{limits, scrape, Bodies};
 
 const SCRAPE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -71,7 +71,8 @@ fn run_scenario(
         respond_async: scenario.respond_async,
         websocket: scenario.websocket,
     });
-    let (tally, store) = runtime.block_on(closed_loop(spec.clone(), plan, scenario, server));
+    let (tally, store, server_cpu_secs) =
+        runtime.block_on(closed_loop(spec.clone(), plan, scenario, server));
     let peak_rss_kib = server.peak_rss_kib();
     let open = match scenario.open_loop {
         true => open_steps(runtime, plan, &spec, &tally),
@@ -87,21 +88,24 @@ fn run_scenario(
         body_len: body.bytes.len(),
         tally,
         store,
+        server_cpu_secs,
         peak_rss_kib,
         open,
         peak_rss_after_open_kib: server.peak_rss_kib(),
     }
 }
 
-/// The closed-loop window, and the store requests the gateway made in it
-/// (`None` for a ceiling and the auth and metrics-off gateways).
+/// The closed-loop window, the store requests the gateway made in it
+/// (`None` for a ceiling and the auth and metrics-off gateways), and the
+/// CPU seconds the server used in it.
 async fn closed_loop(
     spec: Arc<LoadSpec>,
     plan: &Plan,
     scenario: &Scenario,
     server: &ServerProcess,
-) -> (Tally, Option<BTreeMap<String, u64>>) {
+) -> (Tally, Option<BTreeMap<String, u64>>, Option<f64>) {
     let (start, started) = watch::channel(None);
+    let cpu = tokio::spawn(cpu_over_window(server.pid(), started.clone()));
     // The auth gateway's `/metrics` needs a key; the others without have none.
     let scrape = matches!(scenario.target, Target::Gateway | Target::SchemaGateway);
     let scrape = scrape.then(|| tokio::spawn(store_requests(server.addr, started)));
@@ -114,7 +118,20 @@ async fn closed_loop(
         Some(task) => task.await.expect("the /metrics scrape panicked"),
         None => None,
     };
-    (tally, store)
+    let cpu = cpu.await.expect("the CPU sampler panicked");
+    (tally, store, cpu)
+}
+
+/// CPU seconds process `pid` used over the measured window.
+async fn cpu_over_window(pid: u32, mut started: watch::Receiver<Option<Phases>>) -> Option<f64> {
+    let phases = {
+        let signal = started.wait_for(Option::is_some).await.ok()?;
+        (*signal)?
+    };
+    tokio::time::sleep_until(phases.measure_start).await;
+    let before = server::cpu_secs(pid)?;
+    tokio::time::sleep_until(phases.end).await;
+    Some(server::cpu_secs(pid)? - before)
 }
 
 /// `sluice_store_requests_total` by `op` over the measured window, once

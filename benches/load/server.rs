@@ -55,6 +55,10 @@ impl ServerProcess {
         start_gateway(None, Vec::new())
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.0.id()
+    }
+
     /// Peak resident memory so far (VmHWM), in KiB.
     pub fn peak_rss_kib(&self) -> Option<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.0.id()));
@@ -243,4 +247,18 @@ fn exit_note(child: &mut Child) -> String {
         }
     }
     "it is still running".to_string()
+}
+
+/// CPU seconds (user + system) process `pid` has used so far.
+pub fn cpu_secs(pid: u32) -> Option<f64> {
+    /// `/proc/PID/stat` counts in USER_HZ, 100 per second on Linux.
+    const TICKS_PER_SEC: f64 = 100.0;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which may hold spaces: state is the
+    // first; utime and stime (fields 14 and 15) are the 12th and 13th.
+    let (_, rest) = stat.rsplit_once(')')?;
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: f64 = fields.next()?.parse().ok()?;
+    let stime: f64 = fields.next()?.parse().ok()?;
+    Some((utime + stime) / TICKS_PER_SEC)
 }
