@@ -11,10 +11,10 @@
 //! every mismatch fails the test at once with the table so far.
 //! Run: `cargo test --test hostile -- --nocapture`.
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod common;
+
+use std::io::Write;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
@@ -548,9 +548,8 @@ fn zstd_bomb(size: usize) -> Vec<u8> {
 // ---------------------------------------------------------------------------
 
 struct Gateway {
-    child: Child,
+    process: common::process::Gateway,
     addr: SocketAddr,
-    stderr: Arc<Mutex<Vec<u8>>>,
     _dir: tempfile::TempDir,
 }
 
@@ -572,49 +571,26 @@ impl Gateway {
         let file = dir.path().join("sluice.toml");
         std::fs::write(&file, config).unwrap();
         open_files::ensure(IDLE as u64 + 512);
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
-        for (k, _) in
-            std::env::vars().filter(|(k, _)| k.starts_with("SLUICE_") || k.starts_with("AWS_"))
-        {
-            cmd.env_remove(k);
-        }
-        let mut child = cmd
-            .arg("serve")
-            .env("SLUICE_CONFIG", &file)
-            .env("SLUICE_LISTEN", "127.0.0.1:0")
-            .env(
+        let env = [
+            ("SLUICE_CONFIG", file.display().to_string()),
+            (
                 "SLUICE_STORE",
                 format!("file://{}", dir.path().join("data").display()),
-            )
-            .env("SLUICE_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn sluice serve");
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        let mut pipe = child.stderr.take().unwrap();
-        let sink = stderr.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 8192];
-            while let Ok(n) = pipe.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock().unwrap().extend_from_slice(&buf[..n]);
-            }
-        });
-        let addr = listening_on(&mut child);
+            ),
+            ("SLUICE_LOG", "warn".to_string()),
+        ];
+        let env: Vec<_> = env.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        let process = common::process::Gateway::spawn("hostile", &env, None);
+        let addr = process.addr.parse().expect("a socket address");
         Gateway {
-            child,
+            process,
             addr,
-            stderr,
             _dir: dir,
         }
     }
 
     fn memory(&self) -> Memory {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.process.pid()))
             .expect("read /proc/PID/status");
         let kib = |key: &str| -> u64 {
             status
@@ -631,35 +607,7 @@ impl Gateway {
     }
 
     fn stderr(&self) -> String {
-        let text = self.stderr.lock().unwrap();
-        String::from_utf8_lossy(&text).into_owned()
-    }
-}
-
-/// Wait (bounded) for the child's `listening on ADDR`; keep draining stdout.
-fn listening_on(child: &mut Child) -> SocketAddr {
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut tx = Some(tx);
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(addr) = line.trim().strip_prefix("listening on ") {
-                if let Some(tx) = tx.take() {
-                    let _ = tx.send(addr.to_string());
-                }
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("the gateway printed `listening on ADDR`");
-    addr.parse().expect("a socket address")
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.process.stderr()
     }
 }
 

@@ -104,6 +104,11 @@ impl Gateway {
         format!("http://{}/v1/streams/{STREAM}/events", self.addr)
     }
 
+    /// The process id (for `/proc/PID/…`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn stderr(&self) -> String {
         String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned()
     }
@@ -181,9 +186,9 @@ fn serve_command(env: &[(String, String)], config: Option<&tempfile::NamedTempFi
     if let Some(f) = config {
         cmd.env("SLUICE_CONFIG", f.path());
     }
-    cmd.envs(env.iter().cloned())
+    cmd.env("SLUICE_LOG", "info")
+        .envs(env.iter().cloned())
         .env("SLUICE_LISTEN", "127.0.0.1:0")
-        .env("SLUICE_LOG", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
