@@ -20,6 +20,8 @@ dead_letter = true
 schema = '{"type":"object","required":["id"]}'
 [tenants.default.streams.limited]
 rate = { events_per_sec = 1, events_burst = 2 }
+[tenants.default.streams.slow]
+max_age_ms = 600000
 "#;
 
 /// Each DESIGN §5 metric: its type and its label names (`le` aside).
@@ -119,6 +121,40 @@ async fn scrape_with_sockets(gw: &TestGateway) -> (String, Exposition) {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     panic!("the WebSocket connections never showed in sluice_websocket_connections");
+}
+
+/// Poll (bounded) until `/metrics` shows `want` requests in flight (the
+/// scrape included) and `closed` answers of 499 on ingest.
+async fn wait_for_inflight(gw: &TestGateway, want: f64, closed: f64) {
+    let client = reqwest::Client::new();
+    let (mut inflight, mut gone) = (None, None);
+    for _ in 0..500 {
+        let e = Exposition::parse(&scrape(gw, &client).await);
+        inflight = e.value("sluice_inflight_requests", &[]);
+        let labels = [("route", "ingest"), ("status", "499")];
+        gone = e.value("sluice_http_requests_total", &labels).or(Some(0.0));
+        if inflight == Some(want) && gone == Some(closed) {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("in flight {inflight:?}, 499s {gone:?}; wanted {want} and {closed}");
+}
+
+/// A durable POST whose client hangs up before its ack leaves the in-flight
+/// gauge (the autoscaling metric) and counts as a 499.
+async fn a_client_that_hangs_up_leaves_inflight(gw: &TestGateway) {
+    use tokio::io::AsyncWriteExt;
+    let body = r#"{"held":1}"#;
+    let mut conn = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let head = format!(
+        "POST /v1/streams/slow/events HTTP/1.1\r\nHost: sluice\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    wait_for_inflight(gw, 2.0, 0.0).await;
+    drop(conn);
+    wait_for_inflight(gw, 1.0, 1.0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -221,5 +257,6 @@ async fn every_design_metric_is_exported_with_bounded_labels() {
         );
     }
     drop((ingest, subscribe));
+    a_client_that_hangs_up_leaves_inflight(&gw).await;
     gw.stop().await;
 }

@@ -202,6 +202,9 @@ impl Gateway {
             tls.spawn_reloader(app.closing());
         }
         tokio::spawn(crate::consume::lag::schedule(app.clone()));
+        if let Some(handle) = &app.metrics {
+            tokio::spawn(crate::metrics::upkeep(handle.clone(), app.closing()));
+        }
         if app.config.compaction.enabled {
             let schedule =
                 crate::compact::run::schedule(app.log.clone(), app.config.clone(), app.closing());

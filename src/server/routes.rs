@@ -6,7 +6,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 
@@ -15,6 +15,7 @@ use http::{header, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use object_store::ObjectStoreExt;
 
+use super::request_metrics::InFlight;
 use super::table::{self, Match, Params, Route};
 use super::{request_id, App};
 use crate::auth::{self, Action};
@@ -29,17 +30,8 @@ fn route_label(method: &Method, path: &str) -> &'static str {
     Route::for_path(path).map_or("other", Route::label)
 }
 
-/// The in-flight gauge, registered once (it is touched twice per request).
-fn inflight() -> &'static metrics::Gauge {
-    static GAUGE: std::sync::OnceLock<metrics::Gauge> = std::sync::OnceLock::new();
-    GAUGE.get_or_init(|| metrics::gauge!("sluice_inflight_requests"))
-}
-
 pub async fn route(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
-    let started = Instant::now();
-    let label = route_label(req.method(), req.uri().path());
-    let inflight = inflight();
-    inflight.increment(1.0);
+    let mut inflight = InFlight::start(route_label(req.method(), req.uri().path()));
     let cors = app.access.cors_origin(req.headers());
     let preflight = auth::is_preflight(&req);
     let id = request_id::choose(req.headers());
@@ -58,9 +50,7 @@ pub async fn route(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Bod
     if let Some(origin) = cors.filter(|_| !preflight || resp.status() == StatusCode::NO_CONTENT) {
         auth::allow_origin(resp.headers_mut(), origin);
     }
-    inflight.decrement(1.0);
-    let seconds = started.elapsed().as_secs_f64();
-    super::request_metrics::record(label, resp.status().as_u16(), seconds);
+    inflight.answered(resp.status().as_u16());
     Ok(resp)
 }
 
