@@ -4,6 +4,9 @@
 
 mod common;
 
+use std::time::Duration;
+
+use common::exposition::{wait_for, Exposition};
 use common::gateway::{config_from, test_config, TestGateway};
 use common::keys::{entry, secret};
 use serde_json::{json, Value};
@@ -389,30 +392,23 @@ async fn http_commit_and_cli_consume_interoperate() {
 
 /// The lag of the groups a stream declares, summed over partitions, as
 /// `/metrics` shows it (`None`: no such series yet).
-fn lag_metric(metrics: &str, stream: &str, group: &str) -> Option<u64> {
-    let series: Vec<u64> = metrics
-        .lines()
-        .filter(|l| l.starts_with("sluice_consumer_lag_events{"))
-        .filter(|l| {
-            l.contains(&format!("stream=\"{stream}\"")) && l.contains(&format!("group=\"{group}\""))
-        })
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap() as u64)
+fn lag_metric(metrics: &Exposition, stream: &str, group: &str) -> Option<u64> {
+    let series: Vec<f64> = metrics
+        .series("sluice_consumer_lag_events")
+        .filter(|s| s.labels.get("stream").map(String::as_str) == Some(stream))
+        .filter(|s| s.labels.get("group").map(String::as_str) == Some(group))
+        .map(|s| s.value)
         .collect();
-    (!series.is_empty()).then(|| series.iter().sum())
+    (!series.is_empty()).then(|| series.iter().sum::<f64>() as u64)
 }
 
 /// Poll `/metrics` (bounded, ~10 s) until the group's lag is `want`.
-async fn wait_for_lag(gw: &TestGateway, stream: &str, group: &str, want: u64) -> String {
-    let client = reqwest::Client::new();
-    let mut text = String::new();
-    for _ in 0..500 {
-        text = common::gateway::scrape(gw, &client).await;
-        if lag_metric(&text, stream, group) == Some(want) {
-            return text;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    panic!("lag of {group} on {stream} never became {want}:\n{text}");
+async fn wait_for_lag(gw: &TestGateway, stream: &str, group: &str, want: u64) -> Exposition {
+    let what = format!("lag of {group} on {stream} never became {want}");
+    wait_for(&gw.url("/metrics"), Duration::from_secs(10), &what, |e| {
+        lag_metric(e, stream, group) == Some(want)
+    })
+    .await
 }
 
 /// A declared group's lag is a metric per partition that follows the
@@ -457,11 +453,12 @@ consumer_groups = ["billing"]
         .await
         .unwrap();
     assert_eq!(adhoc.status(), 200);
-    let metrics = common::gateway::scrape(&gw, &client).await;
-    assert_eq!(lag_metric(&metrics, "lagged", "adhoc"), None, "{metrics}");
+    let metrics = Exposition::parse(&common::gateway::scrape(&gw, &client).await);
+    let text = &metrics.text;
+    assert_eq!(lag_metric(&metrics, "lagged", "adhoc"), None, "{text}");
     assert!(
-        metrics.contains("# TYPE sluice_consumer_lag_events gauge"),
-        "{metrics}"
+        text.contains("# TYPE sluice_consumer_lag_events gauge"),
+        "{text}"
     );
     gw.stop().await;
 }

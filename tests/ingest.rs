@@ -501,13 +501,7 @@ async fn size_triggers_flush_before_max_age() {
     // Wait (bounded) until the first request is buffered, then send the second:
     // 3 + 3 > max_events flushes the first on its own.
     let needle = r#"sluice_events_total{tenant="default",stream="sized",outcome="accepted"} 3"#;
-    wait_for_metric(
-        &gw,
-        &client,
-        needle,
-        "the first request never reached the buffer",
-    )
-    .await;
+    wait_for_metric(&gw, needle, "the first request never reached the buffer").await;
     let (s2, _, _) = post(&client, &url, &[("prefer", "respond-async")], three).await;
     assert_eq!(s2, 202);
     let (s1, j1, _) = tokio::time::timeout(Duration::from_secs(10), first)

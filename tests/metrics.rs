@@ -6,9 +6,10 @@
 mod common;
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
-use common::exposition::Exposition;
-use common::gateway::{config_from, memory, scrape, TestGateway};
+use common::exposition::{wait_for, Exposition};
+use common::gateway::{config_from, memory, TestGateway};
 
 const CONFIG: &str = r#"
 [limits]
@@ -108,37 +109,31 @@ fn label_names(e: &Exposition, name: &str) -> BTreeSet<String> {
         .collect()
 }
 
+/// How long a scrape loop waits for what the traffic implies.
+const SETTLE: Duration = Duration::from_secs(5);
+
 /// Poll (bounded) until both WebSocket kinds show one connection.
-async fn scrape_with_sockets(gw: &TestGateway) -> (String, Exposition) {
-    let client = reqwest::Client::new();
-    for _ in 0..500 {
-        let text = scrape(gw, &client).await;
-        let e = Exposition::parse(&text);
+async fn scrape_with_sockets(gw: &TestGateway) -> Exposition {
+    let what = "the WebSocket connections never showed in sluice_websocket_connections";
+    wait_for(&gw.url("/metrics"), SETTLE, what, |e| {
         let open = |kind| e.value("sluice_websocket_connections", &[("kind", kind)]);
-        if open("ingest") == Some(1.0) && open("subscribe") == Some(1.0) {
-            return (text, e);
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    panic!("the WebSocket connections never showed in sluice_websocket_connections");
+        open("ingest") == Some(1.0) && open("subscribe") == Some(1.0)
+    })
+    .await
 }
 
 /// Poll (bounded) until `/metrics` shows `want` requests in flight (the
 /// scrape included) and `closed` answers of 499 on ingest.
 async fn wait_for_inflight(gw: &TestGateway, want: f64, closed: f64) {
-    let client = reqwest::Client::new();
-    let (mut inflight, mut gone) = (None, None);
-    for _ in 0..500 {
-        let e = Exposition::parse(&scrape(gw, &client).await);
-        inflight = e.value("sluice_inflight_requests", &[]);
+    let what = format!("{want} in flight and {closed} answers of 499 on ingest");
+    wait_for(&gw.url("/metrics"), SETTLE, &what, |e| {
         let labels = [("route", "ingest"), ("status", "499")];
-        gone = e.value("sluice_http_requests_total", &labels).or(Some(0.0));
-        if inflight == Some(want) && gone == Some(closed) {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    panic!("in flight {inflight:?}, 499s {gone:?}; wanted {want} and {closed}");
+        let gone = e
+            .value("sluice_http_requests_total", &labels)
+            .unwrap_or(0.0);
+        e.value("sluice_inflight_requests", &[]) == Some(want) && gone == closed
+    })
+    .await;
 }
 
 /// A durable POST whose client hangs up before its ack leaves the in-flight
@@ -167,7 +162,8 @@ async fn every_design_metric_is_exported_with_bounded_labels() {
     let (subscribe, _) = tokio_tungstenite::connect_async(ws("subscribe"))
         .await
         .unwrap();
-    let (text, e) = scrape_with_sockets(&gw).await;
+    let e = scrape_with_sockets(&gw).await;
+    let text = &e.text;
 
     for (name, kind, labels) in EXPECTED {
         assert_eq!(

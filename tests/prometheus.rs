@@ -10,6 +10,7 @@ use std::io::Write;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use common::exposition::wait_for;
 use common::process::Gateway;
 use serde_json::Value;
 
@@ -120,15 +121,11 @@ fn hold(addr: &str, n: usize) -> Vec<tokio::task::JoinHandle<()>> {
 /// Poll (bounded) until `addr`'s own `/metrics` shows `n` requests in flight.
 async fn wait_for_inflight(metrics_addr: &str, n: f64) {
     let url = format!("http://{metrics_addr}/metrics");
-    for _ in 0..600 {
-        let text = reqwest::get(&url).await.unwrap().text().await.unwrap();
-        let e = common::exposition::Exposition::parse(&text);
-        if e.value("sluice_inflight_requests", &[]) == Some(n) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{metrics_addr} never had {n} requests in flight");
+    let what = format!("{metrics_addr} never had {n} requests in flight");
+    wait_for(&url, Duration::from_secs(30), &what, |e| {
+        e.value("sluice_inflight_requests", &[]) == Some(n)
+    })
+    .await;
 }
 
 /// Poll (bounded) until `promql` returns `want`.

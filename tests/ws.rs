@@ -286,9 +286,8 @@ async fn drain_acks_frames_then_closes_with_1001() {
     let mut ws = connect(&gw, "/v1/streams/drain/ws").await;
     ws.send(Message::text(r#"{"last":1}"#)).await.unwrap();
     // The frame is in the buffer once the gateway counted it.
-    let client = reqwest::Client::new();
     let needle = r#"sluice_events_total{tenant="default",stream="drain",outcome="accepted"} 1"#;
-    wait_for_metric(&gw, &client, needle, "the frame never reached the buffer").await;
+    wait_for_metric(&gw, needle, "the frame never reached the buffer").await;
     let stopping = tokio::spawn(gw.stop());
     let ack = next_json(&mut ws).await;
     assert_eq!(

@@ -14,6 +14,8 @@ pub struct Sample {
 /// A parsed `/metrics` text.
 #[derive(Debug, Default)]
 pub struct Exposition {
+    /// The text as served.
+    pub text: String,
     /// Family name → `counter`, `gauge`, `histogram`, `summary` or `untyped`.
     pub types: BTreeMap<String, String>,
     pub samples: Vec<Sample>,
@@ -21,7 +23,10 @@ pub struct Exposition {
 
 impl Exposition {
     pub fn parse(text: &str) -> Exposition {
-        let mut out = Exposition::default();
+        let mut out = Exposition {
+            text: text.to_string(),
+            ..Exposition::default()
+        };
         for line in text.lines() {
             if let Some(rest) = line.strip_prefix("# TYPE ") {
                 let (name, kind) = rest.split_once(' ').expect("# TYPE name kind");
@@ -47,6 +52,31 @@ impl Exposition {
                     .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
             })
             .map(|s| s.value)
+    }
+}
+
+/// Scrape `url` (a `/metrics` address) every 10 ms until `done` holds,
+/// for at most `limit`; panics naming `what`, with the last text.
+pub async fn wait_for(
+    url: &str,
+    limit: std::time::Duration,
+    what: &str,
+    done: impl Fn(&Exposition) -> bool,
+) -> Exposition {
+    let client = reqwest::Client::new();
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let resp = client.get(url).send().await.unwrap();
+        let e = Exposition::parse(&resp.text().await.unwrap());
+        if done(&e) {
+            return e;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what} (within {limit:?}); last /metrics:\n{}",
+            e.text
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
 }
 

@@ -214,15 +214,12 @@ pub async fn scrape(gw: &TestGateway, client: &reqwest::Client) -> String {
 }
 
 /// Poll `/metrics` (bounded) until it contains `needle`; panics with `what`.
-pub async fn wait_for_metric(gw: &TestGateway, client: &reqwest::Client, needle: &str, what: &str) {
-    for _ in 0..2_000 {
-        let text = scrape(gw, client).await;
-        if text.contains(needle) {
-            return;
-        }
-        tokio::task::yield_now().await;
-    }
-    panic!("{what}");
+pub async fn wait_for_metric(gw: &TestGateway, needle: &str, what: &str) {
+    let limit = std::time::Duration::from_secs(10);
+    super::exposition::wait_for(&gw.url("/metrics"), limit, what, |e| {
+        e.text.contains(needle)
+    })
+    .await;
 }
 
 /// `sluice_http_requests_total` by `(route, status)`.
