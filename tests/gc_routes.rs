@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -277,35 +276,9 @@ fn text(bytes: &[u8]) -> String {
 
 /// `sluice tail` until it printed `n` lines (bounded), then killed.
 fn tail_lines(args: &[&str], n: usize) -> Vec<String> {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .arg("tail")
-        .args(args)
-        .env("SLUICE_LOG", "warn")
-        .env_remove("SLUICE_URL")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            if tx.send(line.unwrap()).is_err() {
-                return;
-            }
-        }
-    });
-    let mut lines = Vec::new();
-    while lines.len() < n {
-        match rx.recv_timeout(WITHIN) {
-            Ok(l) => lines.push(l),
-            Err(e) => panic!("{e}: {lines:?}"),
-        }
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    lines
+    let mut tail = common::tail::Tail::spawn(args);
+    tail.wait_for(n);
+    tail.seen.clone()
 }
 
 /// The command-line side on the file store: `sluice gc` with a config

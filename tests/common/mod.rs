@@ -19,6 +19,7 @@ pub mod exposition;
 pub mod gateway;
 pub mod keys;
 pub mod process;
+pub mod tail;
 
 /// A moto S3 server for this test binary; it stops when the binary exits
 /// (its wrapper shell waits on our stdin pipe, then kills moto).
