@@ -23,6 +23,12 @@ pub fn check_sockets(name: &str, sockets: usize, variable: &str) {
     );
 }
 
+/// Connections that fit the open-files limit, at most `max`.
+pub fn sockets_allowed(max: usize) -> usize {
+    let room = open_files_soft_limit().map_or(u64::MAX, |limit| limit.saturating_sub(HEADROOM));
+    usize::try_from(room).unwrap_or(usize::MAX).min(max)
+}
+
 /// The soft limit from /proc/self/limits; `None` where unknown or unlimited.
 fn open_files_soft_limit() -> Option<u64> {
     let limits = std::fs::read_to_string("/proc/self/limits").ok()?;

@@ -63,6 +63,8 @@ fn git_rev() -> String {
 const LOW_LATENCY_P99_MS: f64 = 25.0;
 const CEILING_SHARE: f64 = 1.0 / 3.0;
 const PUTS_PER_MILLION: f64 = 100.0;
+/// `batch.max_age_ms` of the default profile, in seconds.
+const DEFAULT_MAX_AGE_SECS: f64 = 0.2;
 const GATEWAY_ROWS: [&str; 4] = ["durable-1", "durable-100", "async-1", "async-100"];
 
 pub fn write(path: &Path, plan: &Plan, rows: &[Row], machine: Machine) {
@@ -135,9 +137,11 @@ fn method_section(md: &mut String, plan: &Plan) {
 - **Profiles**: `default` (`batch.max_age_ms` = 200) and `low-latency`
   (`SLUICE_BATCH__MAX_AGE_MS=10`).
 - **Open loop** (wrk2's method), after each gateway row's closed-loop run on the same process: requests
-  on a fixed schedule at {} of the req/s that run just measured; connection k of N sends at
-  `start + (k + j·N)/rate`, with N = 2 × rate × the closed-loop p99 (at most {}), so a request's
-  connection is normally free when its time comes. Latency runs from the intended send time
+  on a fixed schedule at {} of the req/s that run just measured; request j is due at
+  `start + j/rate` whatever happened to the ones before it. Each takes an idle keep-alive connection
+  from a pool, or opens one (at most {} at once); the pool starts with rate × the closed-loop p50
+  connections and hands out the most recently used first, so *conns* is how many were opened and
+  about as many are in flight as the latency requires. Latency runs from the intended send time
   (coordinated omission corrected). *Late*: started more than {:?} after its time (its wait is in its
   latency). Requests due in the window are still sent after it, for up to {:?}: *unsent* were not
   started by then, *unanswered* not answered by then; neither has a latency, so where they are not 0
@@ -400,19 +404,45 @@ fn ceiling_targets(md: &mut String, rows: &[Row]) {
     }
 }
 
+/// The PUT target holds at each store's peak: its gateway row (default
+/// profile) with the most events/s. The other rows are shown beside what
+/// one flush per `max_age` costs at their rate: a stream that takes fewer
+/// events than a segment holds flushes on age, two PUTs a flush however
+/// few events it carries, so their figure is set by `max_age`, not by load.
 fn put_targets(md: &mut String, rows: &[Row]) {
     for store in [Store::File, Store::Moto] {
-        for name in GATEWAY_ROWS {
-            let puts = find(rows, name, store, Profile::Default)
-                .and_then(|r| r.per_million_events(RequestClass::Put));
-            let pass = puts.map(|p| p <= PUTS_PER_MILLION);
-            let place = format!("{name}, {}, default, closed loop (peak)", store.name());
-            target_row(
+        let found: Vec<&Row> = GATEWAY_ROWS
+            .iter()
+            .filter_map(|name| find(rows, name, store, Profile::Default))
+            .collect();
+        let peak = found
+            .iter()
+            .max_by(|a, b| a.events_per_sec().total_cmp(&b.events_per_sec()));
+        let Some(peak) = peak else { continue };
+        let puts = peak.per_million_events(RequestClass::Put);
+        let place = format!(
+            "{}, {}, default: the peak ({:.2} M events/s)",
+            peak.scenario.name,
+            store.name(),
+            peak.events_per_sec() / 1e6
+        );
+        let pass = puts.map(|p| p <= PUTS_PER_MILLION);
+        let target = "≤ 100 store PUTs per million events at peak";
+        target_row(md, target, &place, &optional(puts, 1), pass);
+        for row in found.iter().filter(|r| !std::ptr::eq(**r, *peak)) {
+            let puts = row.per_million_events(RequestClass::Put);
+            let by_age = 2.0 * 1e6 / (DEFAULT_MAX_AGE_SECS * row.events_per_sec());
+            let place = format!(
+                "{}, {}, default, {:.0} events/s",
+                row.scenario.name,
+                store.name(),
+                row.events_per_sec()
+            );
+            let result = format!("informational: one flush per `max_age` is {by_age:.0}");
+            let _ = writeln!(
                 md,
-                "≤ 100 store PUTs per million events",
-                &place,
-                &optional(puts, 1),
-                pass,
+                "| store PUTs per million events below peak | {place} | {} | {result} |",
+                optional(puts, 1)
             );
         }
     }

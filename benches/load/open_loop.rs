@@ -1,8 +1,14 @@
-//! Open-loop load at a fixed arrival rate, measured the way wrk2 does: each
-//! connection sends on its own schedule (connection k of N at
-//! `first + (k + j·N) / rate`), and a request's latency runs from the time
-//! the schedule meant to send it, so a server that stalls is charged for
-//! every request it kept waiting (coordinated omission corrected).
+//! Open-loop load at a fixed arrival rate: request j is due at
+//! `first + j / rate`, whatever happened to the ones before it, and its
+//! latency runs from that time, so a server that stalls is charged for every
+//! request it kept waiting (coordinated omission corrected, as in wrk2).
+//!
+//! Requests take a keep-alive connection from a pool, as a fleet of clients
+//! with connection pools does: an idle one if there is one, else a new one
+//! (at most `Schedule::max_conns` at once). So the connections follow the requests in
+//! flight instead of a guess made before the step; a fixed set of thousands
+//! of connections, each on its own timer, measured the load client's own
+//! timer and socket cost on the shared 2 cores as much as the gateway.
 //!
 //! A request that starts more than `LATE` after its time is counted late
 //! (its wait is in its latency). Requests due in the window are still sent
@@ -10,35 +16,37 @@
 //! unsent, one started but not answered by then unanswered: neither has a
 //! latency, so when they are not zero the quantiles are a lower bound.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{watch, Barrier};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 use tokio::time::{sleep_until, timeout_at, Instant};
 
-use super::client::{self, LoadSpec, Sender, Tally, CONNECT_TIMEOUT};
+use super::client::{self, LoadSpec, Sender, Tally};
 
 /// A start this far behind schedule counts as late.
 pub const LATE: Duration = Duration::from_millis(5);
 /// How long after the window the requests due in it may still be sent and answered.
 pub const DRAIN: Duration = Duration::from_secs(5);
-/// Connections per request in flight (rate × the closed-loop p99): a
-/// connection's next time comes two p99s after its last.
-const HEADROOM: f64 = 2.0;
 const MIN_CONNS: usize = 4;
 /// Below the gateway's default `server.max_connections` (10 000).
 pub const MAX_CONNS: usize = 8000;
 
 #[derive(Clone, Copy)]
 pub struct Schedule {
-    /// Requests per second, over all connections.
+    /// Requests per second.
     pub rate: f64,
+    /// Connections opened before the schedule starts.
     pub conns: usize,
+    /// Connections open at once at most (`MAX_CONNS`, or fewer where
+    /// `ulimit -n` is lower): a request finding all busy waits for one.
+    pub max_conns: usize,
     pub warmup: Duration,
     pub measure: Duration,
 }
 
-/// What one step (or one connection of it) saw.
+/// What one step saw.
 pub struct Outcome {
     /// 2xx latencies from the intended send time; answers of measured requests.
     pub tally: Tally,
@@ -47,6 +55,8 @@ pub struct Outcome {
     pub late: u64,
     pub unsent: u64,
     pub unanswered: u64,
+    /// Connections opened over the whole step (the pool's largest size).
+    pub conns: usize,
 }
 
 impl Outcome {
@@ -57,21 +67,17 @@ impl Outcome {
             late: 0,
             unsent: 0,
             unanswered: 0,
+            conns: 0,
         }
-    }
-
-    fn merge(&mut self, other: Outcome) {
-        self.tally.merge(other.tally);
-        self.due += other.due;
-        self.late += other.late;
-        self.unsent += other.unsent;
-        self.unanswered += other.unanswered;
     }
 }
 
-/// Connections for `rate` when requests take up to `p99`.
-pub fn conns_for(rate: f64, p99: Duration) -> usize {
-    let in_flight = rate * p99.as_secs_f64() * HEADROOM;
+/// Connections to open before a step at `rate`: the requests in flight if
+/// each took `typical` (the closed-loop median, which saturation only
+/// lengthens), so the pool seldom grows while measuring. Idle ones cost
+/// the client nothing: the pool hands out the most recently used first.
+pub fn prewarm_conns(rate: f64, typical: Duration) -> usize {
+    let in_flight = rate * typical.as_secs_f64();
     (in_flight.ceil() as usize).clamp(MIN_CONNS, MAX_CONNS)
 }
 
@@ -83,128 +89,151 @@ struct Times {
     end: Instant,
 }
 
-/// Opens the connections, then runs the schedule through the warm-up and
-/// the measured window.
+impl Times {
+    fn deadline(&self) -> Instant {
+        self.end + DRAIN
+    }
+}
+
+/// What every request of a step shares.
+struct Shared {
+    spec: Arc<LoadSpec>,
+    times: Times,
+    /// Idle keep-alive connections, most recently used last.
+    idle: Mutex<Vec<Sender>>,
+    /// One permit per connection that may be open at once.
+    slots: Semaphore,
+    out: Mutex<Outcome>,
+}
+
+impl Shared {
+    fn record(&self, f: impl FnOnce(&mut Outcome)) {
+        f(&mut self.out.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+
+    /// An idle connection that is still open, else a new one.
+    async fn take(&self) -> Option<Sender> {
+        loop {
+            let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+            match idle {
+                Some(sender) if sender.is_closed() => continue,
+                Some(sender) => return Some(sender),
+                None => break,
+            }
+        }
+        self.open().await
+    }
+
+    async fn open(&self) -> Option<Sender> {
+        let mut tally = Tally::new();
+        let sender = client::connect(&self.spec, &mut tally, self.times.deadline()).await;
+        self.record(|out| {
+            out.tally.merge(tally);
+            out.conns += usize::from(sender.is_some());
+        });
+        sender
+    }
+
+    fn give_back(&self, sender: Sender) {
+        self.idle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(sender);
+    }
+}
+
+/// Opens the first connections, then sends on schedule through the warm-up
+/// and the measured window, and waits for the answers (up to `DRAIN`).
 pub async fn run(spec: Arc<LoadSpec>, schedule: Schedule) -> Outcome {
-    let connected = Arc::new(Barrier::new(schedule.conns + 1));
-    let (start, started) = watch::channel(None);
-    let tasks: Vec<_> = (0..schedule.conns)
-        .map(|k| {
-            let task = connection_task(
-                spec.clone(),
-                k,
-                schedule,
-                connected.clone(),
-                started.clone(),
-            );
-            tokio::spawn(task)
-        })
-        .collect();
-    connected.wait().await;
+    let now = Instant::now();
+    let shared = Arc::new(Shared {
+        spec,
+        times: Times {
+            first: now,
+            measure_start: now,
+            end: now,
+        },
+        idle: Mutex::new(Vec::new()),
+        slots: Semaphore::new(schedule.max_conns),
+        out: Mutex::new(Outcome::new()),
+    });
+    let mut opening = JoinSet::new();
+    for _ in 0..schedule.conns.min(schedule.max_conns) {
+        let shared = shared.clone();
+        opening.spawn(async move { shared.open().await });
+    }
+    let first_conns = opening.join_all().await.into_iter().flatten().collect();
     let first = Instant::now() + Duration::from_millis(20);
     let measure_start = first + schedule.warmup;
-    start.send_replace(Some(Times {
+    let times = Times {
         first,
         measure_start,
         end: measure_start + schedule.measure,
-    }));
-    let mut total = Outcome::new();
-    for task in tasks {
-        total.merge(task.await.expect("an open-loop task panicked"));
-    }
-    total
-}
-
-/// Connection `k`: connects, waits for the others, then keeps its schedule.
-async fn connection_task(
-    spec: Arc<LoadSpec>,
-    k: usize,
-    schedule: Schedule,
-    connected: Arc<Barrier>,
-    mut started: watch::Receiver<Option<Times>>,
-) -> Outcome {
-    let mut out = Outcome::new();
-    let deadline = Instant::now() + CONNECT_TIMEOUT;
-    let mut sender = client::connect(&spec, &mut out.tally, deadline).await;
-    connected.wait().await;
-    let times = {
-        let signal = started.wait_for(Option::is_some).await;
-        let signal = signal.expect("the harness keeps the start signal open");
-        (*signal).expect("wait_for returns a started signal")
     };
-    let period = Duration::from_secs_f64(schedule.conns as f64 / schedule.rate);
-    let due = times.first + Duration::from_secs_f64(k as f64 / schedule.rate);
-    keep_schedule(&spec, &mut sender, due, period, times, &mut out).await;
-    out
+    let shared = Arc::new(Shared {
+        times,
+        idle: Mutex::new(first_conns),
+        ..into_inner(shared)
+    });
+    dispatch(&shared, schedule.rate).await;
+    let out = into_inner(shared).out;
+    out.into_inner().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Sends at `due`, `due + period`, … until the window ends.
-async fn keep_schedule(
-    spec: &LoadSpec,
-    sender: &mut Option<Sender>,
-    mut due: Instant,
-    period: Duration,
-    times: Times,
-    out: &mut Outcome,
-) {
-    let deadline = times.end + DRAIN;
-    while due < times.end {
-        sleep_until(due).await;
-        if Instant::now() >= deadline {
+/// The only owner of `shared` once every task holding it has ended.
+fn into_inner(shared: Arc<Shared>) -> Shared {
+    Arc::into_inner(shared).expect("every request task has ended")
+}
+
+/// Starts request j at `first + j / rate` until the window ends, then
+/// waits for every request started.
+async fn dispatch(shared: &Arc<Shared>, rate: f64) {
+    let times = shared.times;
+    let mut tasks = JoinSet::new();
+    let mut j: u64 = 0;
+    loop {
+        let due = times.first + Duration::from_secs_f64(j as f64 / rate);
+        if due >= times.end {
             break;
         }
-        let measured = due >= times.measure_start;
-        out.due += u64::from(measured);
-        if sender.is_none() {
-            *sender = client::connect(spec, &mut out.tally, deadline).await;
+        if due > Instant::now() {
+            sleep_until(due).await;
         }
-        if let Some(open) = sender.as_mut() {
-            if !send_due(spec, open, due, measured, deadline, out).await {
-                *sender = None;
-            }
-        }
-        due += period;
+        tasks.spawn(request(shared.clone(), due));
+        j += 1;
+        while tasks.try_join_next().is_some() {}
     }
-    count_unsent(due, period, times, out);
+    tasks.join_all().await;
 }
 
-/// Sends one request due at `due`; false when the connection is done.
-async fn send_due(
-    spec: &LoadSpec,
-    sender: &mut Sender,
-    due: Instant,
-    measured: bool,
-    deadline: Instant,
-    out: &mut Outcome,
-) -> bool {
+/// One request due at `due`: a connection, the request, its answer.
+async fn request(shared: Arc<Shared>, due: Instant) {
+    let times = shared.times;
+    let measured = due >= times.measure_start;
+    let deadline = times.deadline();
+    shared.record(|out| out.due += u64::from(measured));
+    let Ok(Ok(_permit)) = timeout_at(deadline, shared.slots.acquire()).await else {
+        shared.record(|out| out.unsent += u64::from(measured));
+        return;
+    };
+    let Some(mut sender) = shared.take().await else {
+        shared.record(|out| out.unsent += u64::from(measured));
+        return;
+    };
     if measured && due.elapsed() > LATE {
-        out.late += 1;
+        shared.record(|out| out.late += 1);
     }
-    match timeout_at(deadline, client::send_one(sender, spec)).await {
+    match timeout_at(deadline, client::send_one(&mut sender, &shared.spec)).await {
         Ok(Ok(answer)) => {
+            let latency = due.elapsed();
             if measured {
-                out.tally.record(&answer, due.elapsed());
+                shared.record(|out| out.tally.record(&answer, latency));
             }
-            !answer.close
+            if !answer.close {
+                shared.give_back(sender);
+            }
         }
-        Ok(Err(e)) => {
-            out.tally.connection_error(format!("request: {e}"));
-            false
-        }
-        Err(_) => {
-            out.unanswered += u64::from(measured);
-            false
-        }
-    }
-}
-
-/// The measured times from `due` on, never sent: the drain ended first.
-fn count_unsent(mut due: Instant, period: Duration, times: Times, out: &mut Outcome) {
-    while due < times.end {
-        if due >= times.measure_start {
-            out.due += 1;
-            out.unsent += 1;
-        }
-        due += period;
+        Ok(Err(e)) => shared.record(|out| out.tally.connection_error(format!("request: {e}"))),
+        Err(_) => shared.record(|out| out.unanswered += u64::from(measured)),
     }
 }

@@ -381,7 +381,7 @@ pub fn open_row(row: &Row, step: &OpenStep) -> String {
         s.profile.name(),
         step.fraction * 100.0,
         step.schedule.rate,
-        step.schedule.conns,
+        out.conns,
         out.tally.ok as f64 / step.schedule.measure.as_secs_f64(),
         quantile_ms(&out.tally, 0.5),
         quantile_ms(&out.tally, 0.99),

@@ -161,7 +161,7 @@ fn open_steps(
     closed: &Tally,
 ) -> Vec<OpenStep> {
     let peak = closed.ok as f64 / plan.measure.as_secs_f64();
-    let p99 = Duration::from_micros(closed.latency_us.value_at_quantile(0.99));
+    let p50 = Duration::from_micros(closed.latency_us.value_at_quantile(0.5));
     let mut steps = Vec::new();
     for &fraction in &plan.open.fractions {
         let rate = peak * fraction;
@@ -170,15 +170,17 @@ fn open_steps(
         }
         let schedule = Schedule {
             rate,
-            conns: open_loop::conns_for(rate, p99),
+            conns: open_loop::prewarm_conns(rate, p50),
+            max_conns: limits::sockets_allowed(open_loop::MAX_CONNS),
             warmup: plan.open.warmup,
             measure: plan.open.measure,
         };
         limits::check_sockets("open loop", schedule.conns, "SLUICE_LOAD_OPEN");
         eprintln!(
-            "load:   open loop at {:.0} % of {peak:.0} req/s = {rate:.0} req/s on {} connections, {:?} measured",
+            "load:   open loop at {:.0} % of {peak:.0} req/s = {rate:.0} req/s, {} connections to start (at most {}), {:?} measured",
             fraction * 100.0,
             schedule.conns,
+            schedule.max_conns,
             schedule.measure
         );
         let outcome = runtime.block_on(open_loop::run(spec.clone(), schedule));
