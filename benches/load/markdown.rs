@@ -63,8 +63,12 @@ fn git_rev() -> String {
 const LOW_LATENCY_P99_MS: f64 = 25.0;
 const CEILING_SHARE: f64 = 1.0 / 3.0;
 const PUTS_PER_MILLION: f64 = 100.0;
-/// `batch.max_age_ms` of the default profile, in seconds.
+/// The default batching rules (`batch.max_age_ms`, `max_bytes`, `max_events`).
 const DEFAULT_MAX_AGE_SECS: f64 = 0.2;
+const DEFAULT_MAX_BYTES: f64 = 8.0 * 1024.0 * 1024.0;
+const DEFAULT_MAX_EVENTS: f64 = 100_000.0;
+/// Envelope bytes around each stored event: `{"received_at":"…","event":` … `}` and a newline.
+const ENVELOPE_BYTES: f64 = 52.0;
 const GATEWAY_ROWS: [&str; 4] = ["durable-1", "durable-100", "async-1", "async-100"];
 
 pub fn write(path: &Path, plan: &Plan, rows: &[Row], machine: Machine) {
@@ -139,9 +143,10 @@ fn method_section(md: &mut String, plan: &Plan) {
 - **Open loop** (wrk2's method), after each gateway row's closed-loop run on the same process: requests
   on a fixed schedule at {} of the req/s that run just measured; request j is due at
   `start + j/rate` whatever happened to the ones before it. Each takes an idle keep-alive connection
-  from a pool, or opens one (at most {} at once); the pool starts with rate × the closed-loop p50
-  connections and hands out the most recently used first, so *conns* is how many were opened and
-  about as many are in flight as the latency requires. Latency runs from the intended send time
+  from a pool, or opens one; the pool starts with rate × the closed-loop p50 connections, may grow
+  to 2 × rate × the closed-loop p99 (at most {}; past that a request waits for a connection, and
+  the wait is in its latency), and hands out the most recently used first. *conns* is how many were
+  opened. Latency runs from the intended send time
   (coordinated omission corrected). *Late*: started more than {:?} after its time (its wait is in its
   latency). Requests due in the window are still sent after it, for up to {:?}: *unsent* were not
   started by then, *unanswered* not answered by then; neither has a latency, so where they are not 0
@@ -431,14 +436,16 @@ fn put_targets(md: &mut String, rows: &[Row]) {
         target_row(md, target, &place, &optional(puts, 1), pass);
         for row in found.iter().filter(|r| !std::ptr::eq(**r, *peak)) {
             let puts = row.per_million_events(RequestClass::Put);
-            let by_age = 2.0 * 1e6 / (DEFAULT_MAX_AGE_SECS * row.events_per_sec());
+            let by_rules = batching_puts_per_million(row);
             let place = format!(
                 "{}, {}, default, {:.0} events/s",
                 row.scenario.name,
                 store.name(),
                 row.events_per_sec()
             );
-            let result = format!("informational: one flush per `max_age` is {by_age:.0}");
+            let result = format!(
+                "informational: two PUTs per flush at `max_age`, `max_bytes` or `max_events` ≈ {by_rules:.0}"
+            );
             let _ = writeln!(
                 md,
                 "| store PUTs per million events below peak | {place} | {} | {result} |",
@@ -446,6 +453,18 @@ fn put_targets(md: &mut String, rows: &[Row]) {
             );
         }
     }
+}
+
+/// Store PUTs per million events the default batching rules imply at
+/// `row`'s rate: a segment and a record per flush, and a flush at
+/// whichever of `max_age`, `max_bytes` and `max_events` comes first.
+fn batching_puts_per_million(row: &Row) -> f64 {
+    let events = row.events_per_sec();
+    let stored = row.body_len as f64 / row.events_per_request as f64 + ENVELOPE_BYTES;
+    let flushes = (1.0 / DEFAULT_MAX_AGE_SECS)
+        .max(events * stored / DEFAULT_MAX_BYTES)
+        .max(events / DEFAULT_MAX_EVENTS);
+    2.0 * flushes * 1e6 / events
 }
 
 /// The step's p99 and whether it meets the target; unsent or unanswered

@@ -39,7 +39,7 @@ pub struct Schedule {
     pub rate: f64,
     /// Connections opened before the schedule starts.
     pub conns: usize,
-    /// Connections open at once at most (`MAX_CONNS`, or fewer where
+    /// Connections open at once at most ([`max_conns`], and fewer where
     /// `ulimit -n` is lower): a request finding all busy waits for one.
     pub max_conns: usize,
     pub warmup: Duration,
@@ -78,6 +78,16 @@ impl Outcome {
 /// the client nothing: the pool hands out the most recently used first.
 pub fn prewarm_conns(rate: f64, typical: Duration) -> usize {
     let in_flight = rate * typical.as_secs_f64();
+    (in_flight.ceil() as usize).clamp(MIN_CONNS, MAX_CONNS)
+}
+
+/// Connections a step at `rate` may grow to: two per request in flight
+/// if each took `worst` (the closed-loop p99, under saturation). Past it a
+/// request waits for a connection (its wait is in its latency): when the
+/// client itself falls behind its schedule, more connections would only
+/// add connection storms to its overload.
+pub fn max_conns(rate: f64, worst: Duration) -> usize {
+    let in_flight = rate * worst.as_secs_f64() * 2.0;
     (in_flight.ceil() as usize).clamp(MIN_CONNS, MAX_CONNS)
 }
 

@@ -162,6 +162,7 @@ fn open_steps(
 ) -> Vec<OpenStep> {
     let peak = closed.ok as f64 / plan.measure.as_secs_f64();
     let p50 = Duration::from_micros(closed.latency_us.value_at_quantile(0.5));
+    let p99 = Duration::from_micros(closed.latency_us.value_at_quantile(0.99));
     let mut steps = Vec::new();
     for &fraction in &plan.open.fractions {
         let rate = peak * fraction;
@@ -171,7 +172,7 @@ fn open_steps(
         let schedule = Schedule {
             rate,
             conns: open_loop::prewarm_conns(rate, p50),
-            max_conns: limits::sockets_allowed(open_loop::MAX_CONNS),
+            max_conns: limits::sockets_allowed(open_loop::max_conns(rate, p99)),
             warmup: plan.open.warmup,
             measure: plan.open.measure,
         };

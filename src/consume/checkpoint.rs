@@ -192,7 +192,16 @@ impl Checkpoints {
                 let theirs = self.get(from.partition, cp.seq).await?;
                 match theirs {
                     Some(t) if t.consumer == cp.consumer && t.offset == cp.offset => Ok(t),
-                    _ => Err(ConsumeError::Conflict(Conflict {
+                    // Nothing there: S3 answers 409 ConditionalRequestConflict,
+                    // which object_store reports as `AlreadyExists`, while
+                    // another create of the key is in flight, perhaps this
+                    // consumer's own earlier attempt. Nobody has won yet.
+                    None => Err(ConsumeError::CheckpointInDoubt {
+                        group: self.group.clone(),
+                        partition: from.partition,
+                        seq: cp.seq,
+                    }),
+                    Some(_) => Err(ConsumeError::Conflict(Conflict {
                         group: self.group.clone(),
                         partition: from.partition,
                         seq: cp.seq,

@@ -57,6 +57,15 @@ pub enum ConsumeError {
         op: &'static str,
         source: object_store::Error,
     },
+    /// The checkpoint create met another create of the same key still in
+    /// flight; whether ours lands is unknown (never a lost race: nothing
+    /// was there to lose to).
+    #[error("group {group} partition {partition}: the store reported another write of checkpoint seq {seq} in flight (S3 409 ConditionalRequestConflict), perhaps this consumer's own earlier attempt, so whether the checkpoint landed is unknown; the output was written. Run again: it resumes from whichever checkpoint landed (events after it are delivered again, none are skipped)")]
+    CheckpointInDoubt {
+        group: String,
+        partition: u32,
+        seq: u64,
+    },
     #[error("group checkpoint of partition {partition} is at offset {offset}, past the log's head {head}: was the log reset under it? nothing was read (remove the group's checkpoints to start over)")]
     AheadOfLog {
         partition: u32,

@@ -32,6 +32,7 @@ impl From<ConsumeError> for Problem {
             ConsumeError::BadName { .. } => Problem::new(ProblemType::InvalidGroupName, detail),
             ConsumeError::Conflict(_) => Problem::new(ProblemType::CheckpointConflict, detail),
             ConsumeError::Unavailable { .. }
+            | ConsumeError::CheckpointInDoubt { .. }
             | ConsumeError::List { .. }
             | ConsumeError::Log { .. }
             | ConsumeError::Store(_) => Problem::new(ProblemType::StoreUnavailable, detail),
