@@ -444,7 +444,7 @@ async fn consume(opts: sluice::consume::ConsumeOptions) -> anyhow::Result<()> {
         report.events()
     );
     for (partition, error) in &report.failures {
-        eprintln!("sluice consume: partition {partition}: checkpoint not written: {error}");
+        eprintln!("sluice consume: partition {partition}: checkpoint not confirmed: {error}");
     }
     for p in report.partitions.iter().filter(|p| p.skipped > 0) {
         eprintln!(

@@ -292,7 +292,8 @@ async fn a_409_with_nothing_there_is_in_doubt_not_a_conflict() {
     );
     let text = err.to_string();
     assert!(
-        text.contains("landed is unknown") && !text.contains("another consumer"),
+        text.contains("whether it lands is unknown")
+            && !text.contains("advanced by another consumer"),
         "{text}"
     );
     let done = cps.advance(pos, 7, "me", at).await.unwrap();
@@ -486,8 +487,8 @@ async fn cli_checkpoint_in_doubt_exits_1() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
         stderr.contains(
-            "group g1 partition 0: the store reported another write of checkpoint seq 0 in flight"
-        ) && stderr.contains("whether the checkpoint landed is unknown"),
+            "partition 0: checkpoint not confirmed: group g1 partition 0: checkpoint seq 0 is in doubt"
+        ) && stderr.contains("whether it lands is unknown"),
         "{stderr}"
     );
     assert!(!stderr.contains("advanced by another consumer"), "{stderr}");

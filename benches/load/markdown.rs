@@ -444,7 +444,8 @@ fn put_targets(md: &mut String, rows: &[Row]) {
                 row.events_per_sec()
             );
             let result = format!(
-                "informational: two PUTs per flush at `max_age`, `max_bytes` or `max_events` ≈ {by_rules:.0}"
+                "informational: two PUTs per flush at `max_age`, `max_bytes` or `max_events` ≈ {}",
+                optional(by_rules, 0)
             );
             let _ = writeln!(
                 md,
@@ -458,13 +459,16 @@ fn put_targets(md: &mut String, rows: &[Row]) {
 /// Store PUTs per million events the default batching rules imply at
 /// `row`'s rate: a segment and a record per flush, and a flush at
 /// whichever of `max_age`, `max_bytes` and `max_events` comes first.
-fn batching_puts_per_million(row: &Row) -> f64 {
+fn batching_puts_per_million(row: &Row) -> Option<f64> {
     let events = row.events_per_sec();
+    if events <= 0.0 {
+        return None;
+    }
     let stored = row.body_len as f64 / row.events_per_request as f64 + ENVELOPE_BYTES;
     let flushes = (1.0 / DEFAULT_MAX_AGE_SECS)
         .max(events * stored / DEFAULT_MAX_BYTES)
         .max(events / DEFAULT_MAX_EVENTS);
-    2.0 * flushes * 1e6 / events
+    Some(2.0 * flushes * 1e6 / events)
 }
 
 /// The step's p99 and whether it meets the target; unsent or unanswered

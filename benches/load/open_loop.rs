@@ -23,13 +23,18 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::{sleep_until, timeout_at, Instant};
 
-use super::client::{self, LoadSpec, Sender, Tally};
+use super::client::{self, LoadSpec, Sender, Tally, CONNECT_TIMEOUT};
 
 /// A start this far behind schedule counts as late.
 pub const LATE: Duration = Duration::from_millis(5);
 /// How long after the window the requests due in it may still be sent and answered.
 pub const DRAIN: Duration = Duration::from_secs(5);
 const MIN_CONNS: usize = 4;
+/// An idle connection older than this is closed rather than reused: the
+/// gateway's `server.header_read_timeout_ms` (10 s by default) closes idle
+/// keep-alive connections, and a request sent on one that is closing
+/// would fail for the client's reason, not the gateway's.
+const IDLE_MAX: Duration = Duration::from_secs(5);
 /// Below the gateway's default `server.max_connections` (10 000).
 pub const MAX_CONNS: usize = 8000;
 
@@ -55,7 +60,7 @@ pub struct Outcome {
     pub late: u64,
     pub unsent: u64,
     pub unanswered: u64,
-    /// Connections opened over the whole step (the pool's largest size).
+    /// Connections opened over the whole step, reopens included.
     pub conns: usize,
 }
 
@@ -109,9 +114,11 @@ impl Times {
 struct Shared {
     spec: Arc<LoadSpec>,
     times: Times,
-    /// Idle keep-alive connections, most recently used last.
-    idle: Mutex<Vec<Sender>>,
-    /// One permit per connection that may be open at once.
+    /// Idle keep-alive connections and when each went idle, most recently
+    /// used last.
+    idle: Mutex<Vec<(Sender, Instant)>>,
+    /// One permit per request holding a connection: as many connections
+    /// as permits are open at most, since a request takes an idle one first.
     slots: Semaphore,
     out: Mutex<Outcome>,
 }
@@ -121,34 +128,35 @@ impl Shared {
         f(&mut self.out.lock().unwrap_or_else(|p| p.into_inner()));
     }
 
-    /// An idle connection that is still open, else a new one.
-    async fn take(&self) -> Option<Sender> {
+    /// An idle connection that is open and fresh, else a new one (`Err`:
+    /// why none could be opened by `deadline`).
+    async fn take(&self, deadline: Instant) -> Result<Sender, String> {
         loop {
             let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
             match idle {
-                Some(sender) if sender.is_closed() => continue,
-                Some(sender) => return Some(sender),
+                Some((sender, since)) if !sender.is_closed() && since.elapsed() < IDLE_MAX => {
+                    return Ok(sender)
+                }
+                Some(_) => continue,
                 None => break,
             }
         }
-        self.open().await
+        self.open(deadline).await
     }
 
-    async fn open(&self) -> Option<Sender> {
+    async fn open(&self, deadline: Instant) -> Result<Sender, String> {
         let mut tally = Tally::new();
-        let sender = client::connect(&self.spec, &mut tally, self.times.deadline()).await;
-        self.record(|out| {
-            out.tally.merge(tally);
-            out.conns += usize::from(sender.is_some());
-        });
-        sender
+        let sender = client::connect(&self.spec, &mut tally, deadline).await;
+        let sender = sender.ok_or_else(|| tally.first_failure.unwrap_or_default())?;
+        self.record(|out| out.conns += 1);
+        Ok(sender)
     }
 
     fn give_back(&self, sender: Sender) {
         self.idle
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push(sender);
+            .push((sender, Instant::now()));
     }
 }
 
@@ -167,12 +175,16 @@ pub async fn run(spec: Arc<LoadSpec>, schedule: Schedule) -> Outcome {
         slots: Semaphore::new(schedule.max_conns),
         out: Mutex::new(Outcome::new()),
     });
+    // A connection that cannot be opened now is opened by the request that
+    // needs it (and charged to it), so failures here are not counted.
     let mut opening = JoinSet::new();
+    let deadline = now + CONNECT_TIMEOUT;
     for _ in 0..schedule.conns.min(schedule.max_conns) {
         let shared = shared.clone();
-        opening.spawn(async move { shared.open().await });
+        opening.spawn(async move { shared.open(deadline).await.ok() });
     }
-    let first_conns = opening.join_all().await.into_iter().flatten().collect();
+    let opened = opening.join_all().await.into_iter().flatten();
+    let first_conns = opened.map(|sender| (sender, Instant::now())).collect();
     let first = Instant::now() + Duration::from_millis(20);
     let measure_start = first + schedule.warmup;
     let times = Times {
@@ -196,7 +208,8 @@ fn into_inner(shared: Arc<Shared>) -> Shared {
 }
 
 /// Starts request j at `first + j / rate` until the window ends, then
-/// waits for every request started.
+/// waits for every request started. Requests the dispatcher reaches only
+/// after the drain deadline are not started: they count as unsent.
 async fn dispatch(shared: &Arc<Shared>, rate: f64) {
     let times = shared.times;
     let mut tasks = JoinSet::new();
@@ -206,10 +219,17 @@ async fn dispatch(shared: &Arc<Shared>, rate: f64) {
         if due >= times.end {
             break;
         }
-        if due > Instant::now() {
-            sleep_until(due).await;
+        let now = Instant::now();
+        if now >= times.deadline() {
+            let measured = u64::from(due >= times.measure_start);
+            shared
+                .record(|out| (out.due, out.unsent) = (out.due + measured, out.unsent + measured));
+        } else {
+            if due > now {
+                sleep_until(due).await;
+            }
+            tasks.spawn(request(shared.clone(), due));
         }
-        tasks.spawn(request(shared.clone(), due));
         j += 1;
         while tasks.try_join_next().is_some() {}
     }
@@ -226,9 +246,14 @@ async fn request(shared: Arc<Shared>, due: Instant) {
         shared.record(|out| out.unsent += u64::from(measured));
         return;
     };
-    let Some(mut sender) = shared.take().await else {
-        shared.record(|out| out.unsent += u64::from(measured));
-        return;
+    let mut sender = match shared.take(deadline).await {
+        Ok(sender) => sender,
+        Err(why) => {
+            return shared.record(|out| {
+                out.unsent += u64::from(measured);
+                out.tally.first_failure.get_or_insert(why);
+            })
+        }
     };
     if measured && due.elapsed() > LATE {
         shared.record(|out| out.late += 1);

@@ -106,12 +106,13 @@ fn check_open_loop(row: &Row) {
     for step in &row.open {
         let out = &step.outcome;
         assert!(
-            out.tally.ok > 0 && out.unanswered == 0,
-            "{}: open loop at {:.0} req/s: {} answered 2xx of {} due, {} unanswered (first failure: {})",
+            out.tally.ok > 0 && out.unanswered == 0 && out.unsent == 0,
+            "{}: open loop at {:.0} req/s: {} answered 2xx of {} due, {} unsent, {} unanswered (first failure: {})",
             row.scenario.name,
             step.schedule.rate,
             out.tally.ok,
             out.due,
+            out.unsent,
             out.unanswered,
             out.tally.first_failure.as_deref().unwrap_or("none")
         );

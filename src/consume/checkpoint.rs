@@ -11,6 +11,11 @@ use object_store::PutPayload;
 use serde::{Deserialize, Serialize};
 
 use super::ConsumeError;
+
+/// Reads of a refused checkpoint key that was empty, before its create is
+/// called in doubt; pauses of 25, 50, 100, 200 ms: 375 ms in all.
+const SETTLE_READS: u32 = 4;
+const SETTLE_FIRST_PAUSE: std::time::Duration = std::time::Duration::from_millis(25);
 use crate::log::last_dense;
 use crate::log::record::StreamPath;
 use crate::log::retry::{create, exists, get_if_present, RetryPolicy};
@@ -156,9 +161,12 @@ impl Checkpoints {
 
     /// Create the checkpoint after `from` holding `offset`, put-if-absent.
     ///
-    /// `AlreadyExists` is a lost race ([`ConsumeError::Conflict`]), unless the
-    /// object is this consumer's own earlier attempt (a PUT that landed but
-    /// reported an error), which counts as done.
+    /// On `AlreadyExists` the checkpoint at the key decides: this consumer's
+    /// own earlier attempt (a PUT that landed but reported an error) counts
+    /// as done, anyone else's is a lost race ([`ConsumeError::Conflict`]).
+    /// Nothing there is S3's 409 while another create of the key is in
+    /// flight: it is read again for a while, and if it is still not there
+    /// the outcome is unknown ([`ConsumeError::CheckpointInDoubt`]).
     pub async fn advance(
         &self,
         from: Position,
@@ -189,13 +197,8 @@ impl Checkpoints {
         match put {
             Ok(_) => Ok(cp),
             Err(object_store::Error::AlreadyExists { .. }) => {
-                let theirs = self.get(from.partition, cp.seq).await?;
-                match theirs {
+                match self.settled(from.partition, cp.seq).await? {
                     Some(t) if t.consumer == cp.consumer && t.offset == cp.offset => Ok(t),
-                    // Nothing there: S3 answers 409 ConditionalRequestConflict,
-                    // which object_store reports as `AlreadyExists`, while
-                    // another create of the key is in flight, perhaps this
-                    // consumer's own earlier attempt. Nobody has won yet.
                     None => Err(ConsumeError::CheckpointInDoubt {
                         group: self.group.clone(),
                         partition: from.partition,
@@ -213,5 +216,22 @@ impl Checkpoints {
                 source,
             }),
         }
+    }
+
+    /// The checkpoint at `seq` once a create of it was refused: S3 answers
+    /// 409 ConditionalRequestConflict, which object_store reports as
+    /// `AlreadyExists`, while another create of the key is still in flight
+    /// (perhaps this consumer's own earlier attempt), so an empty key is read
+    /// again, `SETTLE_READS` times with a doubling pause, before `None`.
+    async fn settled(&self, partition: u32, seq: u64) -> Result<Option<Checkpoint>, ConsumeError> {
+        let mut pause = SETTLE_FIRST_PAUSE;
+        for _ in 0..SETTLE_READS {
+            if let Some(cp) = self.get(partition, seq).await? {
+                return Ok(Some(cp));
+            }
+            tokio::time::sleep(pause).await;
+            pause *= 2;
+        }
+        self.get(partition, seq).await
     }
 }

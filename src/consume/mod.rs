@@ -31,8 +31,11 @@ pub use checkpoint::{Checkpoint, Checkpoints, Conflict, Position};
 pub const MAX_NAME_LEN: usize = 64;
 
 /// Why a consume run failed. Only [`ConsumeError::Conflict`] means another
-/// consumer of the group moved on; every error leaves the checkpoints of the
-/// partitions it names where they were, so a rerun re-reads (never skips).
+/// consumer of the group moved on. Every other error leaves the checkpoints
+/// of the partitions it names where they were, except
+/// [`ConsumeError::CheckpointInDoubt`], whose checkpoint may still land;
+/// either way a rerun resumes from the checkpoint that is there (it may
+/// re-read, it never skips).
 #[derive(Debug, thiserror::Error)]
 pub enum ConsumeError {
     #[error("{what} name {name:?} is not valid: use 1 to 64 of [A-Za-z0-9._-], not starting with '.' or '-'")]
@@ -58,9 +61,9 @@ pub enum ConsumeError {
         source: object_store::Error,
     },
     /// The checkpoint create met another create of the same key still in
-    /// flight; whether ours lands is unknown (never a lost race: nothing
-    /// was there to lose to).
-    #[error("group {group} partition {partition}: the store reported another write of checkpoint seq {seq} in flight (S3 409 ConditionalRequestConflict), perhaps this consumer's own earlier attempt, so whether the checkpoint landed is unknown; the output was written. Run again: it resumes from whichever checkpoint landed (events after it are delivered again, none are skipped)")]
+    /// flight, and the key stayed empty while it was read again: whether
+    /// this checkpoint (or another consumer's) lands is unknown.
+    #[error("group {group} partition {partition}: checkpoint seq {seq} is in doubt: the store reported another write of it in flight (S3 409 ConditionalRequestConflict), perhaps an earlier attempt of this one, perhaps another consumer's, and it is still not there, so whether it lands is unknown. Nothing is skipped: the next read resumes from whichever checkpoint landed")]
     CheckpointInDoubt {
         group: String,
         partition: u32,
