@@ -11,15 +11,15 @@ use object_store::PutPayload;
 use serde::{Deserialize, Serialize};
 
 use super::ConsumeError;
+use crate::log::last_dense;
+use crate::log::record::StreamPath;
+use crate::log::retry::{create, exists, get_if_present, RetryPolicy};
+use crate::store::Store;
 
 /// Reads of a refused checkpoint key that was empty, before its create is
 /// called in doubt; pauses of 25, 50, 100, 200 ms: 375 ms in all.
 const SETTLE_READS: u32 = 4;
 const SETTLE_FIRST_PAUSE: std::time::Duration = std::time::Duration::from_millis(25);
-use crate::log::last_dense;
-use crate::log::record::StreamPath;
-use crate::log::retry::{create, exists, get_if_present, RetryPolicy};
-use crate::store::Store;
 
 /// The stored form of one checkpoint object.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
