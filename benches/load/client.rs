@@ -217,16 +217,18 @@ pub async fn wait_for_start(started: &mut watch::Receiver<Option<Phases>>) -> Ph
 }
 
 pub async fn connect(spec: &LoadSpec, tally: &mut Tally, deadline: Instant) -> Option<Sender> {
+    try_connect(spec, deadline)
+        .await
+        .map_err(|why| tally.connection_error(why))
+        .ok()
+}
+
+/// A new connection, or why none could be opened by `deadline`.
+pub async fn try_connect(spec: &LoadSpec, deadline: Instant) -> Result<Sender, String> {
     match timeout_at(deadline, handshake(spec.addr)).await {
-        Ok(Ok(sender)) => Some(sender),
-        Ok(Err(e)) => {
-            tally.connection_error(format!("connect: {e}"));
-            None
-        }
-        Err(_) => {
-            tally.connection_error("connect: timed out".to_string());
-            None
-        }
+        Ok(Ok(sender)) => Ok(sender),
+        Ok(Err(e)) => Err(format!("connect: {e}")),
+        Err(_) => Err("connect: timed out".to_string()),
     }
 }
 

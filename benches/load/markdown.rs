@@ -411,9 +411,10 @@ fn ceiling_targets(md: &mut String, rows: &[Row]) {
 
 /// The PUT target holds at each store's peak: its gateway row (default
 /// profile) with the most events/s. The other rows are shown beside what
-/// one flush per `max_age` costs at their rate: a stream that takes fewer
-/// events than a segment holds flushes on age, two PUTs a flush however
-/// few events it carries, so their figure is set by `max_age`, not by load.
+/// the batching rules imply at their rate ([`batching_puts_per_million`]):
+/// a stream that takes fewer events than a segment holds flushes on age,
+/// two PUTs a flush however few events it carries, so their figure is set
+/// by `max_age`, not by load.
 fn put_targets(md: &mut String, rows: &[Row]) {
     for store in [Store::File, Store::Moto] {
         let found: Vec<&Row> = GATEWAY_ROWS

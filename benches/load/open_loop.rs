@@ -82,8 +82,7 @@ impl Outcome {
 /// lengthens), so the pool seldom grows while measuring. Idle ones cost
 /// the client nothing: the pool hands out the most recently used first.
 pub fn prewarm_conns(rate: f64, typical: Duration) -> usize {
-    let in_flight = rate * typical.as_secs_f64();
-    (in_flight.ceil() as usize).clamp(MIN_CONNS, MAX_CONNS)
+    in_flight(rate, typical)
 }
 
 /// Connections a step at `rate` may grow to: two per request in flight
@@ -92,8 +91,13 @@ pub fn prewarm_conns(rate: f64, typical: Duration) -> usize {
 /// client itself falls behind its schedule, more connections would only
 /// add connection storms to its overload.
 pub fn max_conns(rate: f64, worst: Duration) -> usize {
-    let in_flight = rate * worst.as_secs_f64() * 2.0;
-    (in_flight.ceil() as usize).clamp(MIN_CONNS, MAX_CONNS)
+    in_flight(rate, worst * 2)
+}
+
+/// Requests in flight at `rate` if each took `each`, within the pool's bounds.
+fn in_flight(rate: f64, each: Duration) -> usize {
+    let n = rate * each.as_secs_f64();
+    (n.ceil() as usize).clamp(MIN_CONNS, MAX_CONNS)
 }
 
 /// When the schedule starts, when measuring starts, when it ends.
@@ -145,9 +149,7 @@ impl Shared {
     }
 
     async fn open(&self, deadline: Instant) -> Result<Sender, String> {
-        let mut tally = Tally::new();
-        let sender = client::connect(&self.spec, &mut tally, deadline).await;
-        let sender = sender.ok_or_else(|| tally.first_failure.unwrap_or_default())?;
+        let sender = client::try_connect(&self.spec, deadline).await?;
         self.record(|out| out.conns += 1);
         Ok(sender)
     }
@@ -163,43 +165,39 @@ impl Shared {
 /// Opens the first connections, then sends on schedule through the warm-up
 /// and the measured window, and waits for the answers (up to `DRAIN`).
 pub async fn run(spec: Arc<LoadSpec>, schedule: Schedule) -> Outcome {
-    let now = Instant::now();
+    let first_conns = prewarm(&spec, schedule.conns.min(schedule.max_conns)).await;
+    let first = Instant::now() + Duration::from_millis(20);
+    let measure_start = first + schedule.warmup;
+    let mut out = Outcome::new();
+    out.conns = first_conns.len();
     let shared = Arc::new(Shared {
         spec,
         times: Times {
-            first: now,
-            measure_start: now,
-            end: now,
+            first,
+            measure_start,
+            end: measure_start + schedule.measure,
         },
-        idle: Mutex::new(Vec::new()),
-        slots: Semaphore::new(schedule.max_conns),
-        out: Mutex::new(Outcome::new()),
-    });
-    // A connection that cannot be opened now is opened by the request that
-    // needs it (and charged to it), so failures here are not counted.
-    let mut opening = JoinSet::new();
-    let deadline = now + CONNECT_TIMEOUT;
-    for _ in 0..schedule.conns.min(schedule.max_conns) {
-        let shared = shared.clone();
-        opening.spawn(async move { shared.open(deadline).await.ok() });
-    }
-    let opened = opening.join_all().await.into_iter().flatten();
-    let first_conns = opened.map(|sender| (sender, Instant::now())).collect();
-    let first = Instant::now() + Duration::from_millis(20);
-    let measure_start = first + schedule.warmup;
-    let times = Times {
-        first,
-        measure_start,
-        end: measure_start + schedule.measure,
-    };
-    let shared = Arc::new(Shared {
-        times,
         idle: Mutex::new(first_conns),
-        ..into_inner(shared)
+        slots: Semaphore::new(schedule.max_conns),
+        out: Mutex::new(out),
     });
     dispatch(&shared, schedule.rate).await;
     let out = into_inner(shared).out;
     out.into_inner().unwrap_or_else(|p| p.into_inner())
+}
+
+/// `n` connections opened at once, idle from now. One that cannot be
+/// opened is opened later by the request that needs it (and charged to
+/// it), so failures here are not counted.
+async fn prewarm(spec: &Arc<LoadSpec>, n: usize) -> Vec<(Sender, Instant)> {
+    let deadline = Instant::now() + CONNECT_TIMEOUT;
+    let mut opening = JoinSet::new();
+    for _ in 0..n {
+        let spec = spec.clone();
+        opening.spawn(async move { client::try_connect(&spec, deadline).await.ok() });
+    }
+    let opened = opening.join_all().await.into_iter().flatten();
+    opened.map(|sender| (sender, Instant::now())).collect()
 }
 
 /// The only owner of `shared` once every task holding it has ended.
